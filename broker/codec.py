@@ -1,0 +1,107 @@
+"""Payload codec: msgpack, then zstd — with a size limit checked before anything is sent.
+
+`Codec.encode` packs a mapping with msgpack and compresses it into one zstd frame (level
+configurable). A per-task trained dictionary can be registered; the frame then names the
+dictionary id, so a reader without that dictionary fails cleanly instead of producing garbage.
+`Codec.decode` refuses frames that would inflate past the limit (zip bombs) and anything that is not
+a msgpack map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+import zstandard
+
+from broker.errors import DecodeError, PayloadTooLarge
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20  # 1 MiB of msgpack before compression
+DEFAULT_LEVEL = 3
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with the options every part of the wire format uses (bin type, str as UTF-8)."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """Inverse of `pack`; raises `DecodeError` on anything that is not exactly one msgpack object."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
+        raise DecodeError(f"not valid msgpack: {exc}", raw=data) from exc
+
+
+def train_dictionary(samples: Iterable[Mapping[str, Any]], size: int = 16 * 1024) -> bytes:
+    """Train a zstd dictionary on sample payloads (msgpack-packed as the codec will pack them)."""
+    packed: list[bytes | bytearray | memoryview[int]] = [pack(dict(s)) for s in samples]
+    return zstandard.train_dictionary(size, packed).as_bytes()
+
+
+class Codec:
+    """msgpack + zstd with a size limit and optional per-task dictionaries."""
+
+    def __init__(
+        self,
+        level: int = DEFAULT_LEVEL,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        dictionaries: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if not 1 <= level <= 22:
+            raise ValueError(f"zstd level must be between 1 and 22, got {level}")
+        if max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
+        self.level = level
+        self.max_payload_bytes = max_payload_bytes
+        self._plain_c = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        self._plain_d = zstandard.ZstdDecompressor()
+        self._task_c: dict[str, zstandard.ZstdCompressor] = {}
+        self._dicts_by_id: dict[int, zstandard.ZstdDecompressor] = {}
+        for task, raw in (dictionaries or {}).items():
+            self.add_dictionary(task, raw)
+
+    def add_dictionary(self, task: str, raw: bytes) -> None:
+        zdict = zstandard.ZstdCompressionDict(raw)
+        self._task_c[task] = zstandard.ZstdCompressor(level=self.level, dict_data=zdict, write_content_size=True)
+        self._dicts_by_id[zdict.dict_id()] = zstandard.ZstdDecompressor(dict_data=zdict)
+
+    def encode(self, obj: Mapping[str, Any], task: str | None = None) -> bytes:
+        """Pack and compress; raises `PayloadTooLarge` when the packed form is over the limit."""
+        packed = pack(obj)
+        if len(packed) > self.max_payload_bytes:
+            raise PayloadTooLarge(len(packed), self.max_payload_bytes)
+        compressor = self._task_c.get(task, self._plain_c) if task is not None else self._plain_c
+        return compressor.compress(packed)
+
+    def decode(self, frame: bytes) -> dict[str, Any]:
+        """Decompress and unpack one frame into a dict; every failure is a `DecodeError`."""
+        try:
+            params = zstandard.get_frame_parameters(frame)
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"not a zstd frame: {exc}", raw=frame) from exc
+        if params.content_size > self.max_payload_bytes:
+            raise DecodeError(
+                f"frame declares {params.content_size} bytes, over the limit of {self.max_payload_bytes}",
+                raw=frame,
+            )
+        if params.dict_id:
+            decompressor = self._dicts_by_id.get(params.dict_id)
+            if decompressor is None:
+                raise DecodeError(f"frame needs zstd dictionary {params.dict_id}, which is not loaded", raw=frame)
+        else:
+            decompressor = self._plain_d
+        try:
+            packed = decompressor.decompress(frame, max_output_size=self.max_payload_bytes)
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"zstd frame does not decompress: {exc}", raw=frame) from exc
+        if len(packed) > self.max_payload_bytes:
+            raise DecodeError("decompressed payload over the limit", raw=frame)
+        obj = unpack(packed)
+        if not isinstance(obj, dict):
+            raise DecodeError(f"payload is a msgpack {type(obj).__name__}, not a map", raw=frame)
+        return obj
+
+
+__all__ = ["DEFAULT_LEVEL", "DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "pack", "train_dictionary", "unpack"]

@@ -1,0 +1,83 @@
+"""Every Redis key name, built in one place.
+
+All keys of a zone share the Redis Cluster hash tag `{<zone>}` so they live on one slot and the Lua
+scripts that touch several of them stay legal on a cluster:
+
+    hyb:{<zone>}:jobs:<lane>          job stream per lane (interactive, batch); consumer group `workers`
+    hyb:{<zone>}:dlq                  dead-letter stream
+    hyb:{<zone>}:result:<job_id>      sealed result (string, with a TTL)
+    hyb:{<zone>}:reply:<name>         reply stream a producer reads to learn its results are ready
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+PREFIX = "hyb"
+GROUP = "workers"
+
+_ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+class Lane(StrEnum):
+    """A job stream of a zone. `interactive` is always served before `batch`."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+LANES_BY_PRIORITY: tuple[Lane, ...] = (Lane.INTERACTIVE, Lane.BATCH)
+
+
+def check_zone(zone: str) -> str:
+    """Return `zone` if it is a valid zone name (lower-case letters, digits, dashes; ≤ 32 chars)."""
+    if not _ZONE_RE.match(zone):
+        raise ValueError(
+            f"invalid zone {zone!r}: use 1-32 lower-case letters, digits and dashes, starting with a letter "
+            "or digit (it becomes a Redis hash tag)"
+        )
+    return zone
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is usable inside a key (job ids, reply names, consumer names)."""
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid {what} {name!r}: use up to 96 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def zone_prefix(zone: str) -> str:
+    return f"{PREFIX}:{{{check_zone(zone)}}}"
+
+
+def jobs_stream(zone: str, lane: Lane | str) -> str:
+    return f"{zone_prefix(zone)}:jobs:{Lane(lane).value}"
+
+
+def dlq_stream(zone: str) -> str:
+    return f"{zone_prefix(zone)}:dlq"
+
+
+def result_key(zone: str, job_id: str) -> str:
+    return f"{zone_prefix(zone)}:result:{check_name(job_id, 'job id')}"
+
+
+def reply_stream(zone: str, name: str) -> str:
+    return f"{zone_prefix(zone)}:reply:{check_name(name, 'reply name')}"
+
+
+__all__ = [
+    "GROUP",
+    "LANES_BY_PRIORITY",
+    "PREFIX",
+    "Lane",
+    "check_name",
+    "check_zone",
+    "dlq_stream",
+    "jobs_stream",
+    "reply_stream",
+    "result_key",
+    "zone_prefix",
+]

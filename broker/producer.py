@@ -1,0 +1,61 @@
+"""Producer: seal jobs and append them to their zone's lane streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from broker import keys
+from broker.connection import ensure_group, redis_errors
+from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+
+
+class Producer:
+    """Seals job specs for one zone and XADDs them (`submit_many` pipelines a whole chunk)."""
+
+    def __init__(
+        self, client: redis.Redis, sealer: Sealer, zone: str, *, reply_to: str | None = None, chunk: int = 500
+    ) -> None:
+        self.client = client
+        self.sealer = sealer
+        self.zone = keys.check_zone(zone)
+        self.reply_to = keys.check_name(reply_to, "reply name") if reply_to else None
+        self.chunk = chunk
+        self._grouped: set[str] = set()
+
+    def _ensure_group(self, stream: str) -> None:
+        if stream not in self._grouped:
+            ensure_group(self.client, stream, keys.GROUP)
+            self._grouped.add(stream)
+
+    def submit(self, spec: JobSpec) -> str:
+        return self.submit_many([spec])[0]
+
+    def submit_many(self, specs: Iterable[JobSpec]) -> list[str]:
+        """Seal and enqueue; returns the job ids in order. Every spec is sealed before its chunk is sent,
+        so a bad spec (`PayloadTooLarge`, `ValueError`) stops the call before that chunk reaches Redis."""
+        ids: list[str] = []
+        batch: list[tuple[str, bytes, bytes]] = []
+        with redis_errors():
+            for spec in specs:
+                header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
+                ids.append(header.job_id)
+                batch.append((keys.jobs_stream(self.zone, header.lane), hb, body))
+                if len(batch) >= self.chunk:
+                    self._send(batch)
+                    batch = []
+            if batch:
+                self._send(batch)
+        return ids
+
+    def _send(self, batch: list[tuple[str, bytes, bytes]]) -> None:
+        for stream in {s for s, _, _ in batch}:
+            self._ensure_group(stream)
+        pipe = self.client.pipeline(transaction=False)
+        for stream, hb, body in batch:
+            pipe.xadd(stream, {HEADER_FIELD: hb, BODY_FIELD: body})
+        pipe.execute()
+
+
+__all__ = ["Producer"]

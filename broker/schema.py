@@ -1,0 +1,114 @@
+"""The wire types: job header, job payload, result header and result body.
+
+Headers travel in clear (they are the AEAD's associated data) and never hold user content; payloads
+and result bodies are sealed. Every model rejects unknown fields (`extra="forbid"`), is frozen, and
+bounds its sizes. `SCHEMA_VERSION` is the `v` field of every header; a reader refuses versions it
+does not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+
+MAX_HEADER_BYTES = 1024
+
+Sensitivity = Literal["public", "personal", "sensitive"]
+LaneName = Literal["interactive", "batch"]
+Status = Literal["ok", "error"]
+
+_Ident = Annotated[str, StringConstraints(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+_Zone = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+_Short = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+_Model = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+_KeyId = Annotated[
+    str, StringConstraints(min_length=3, max_length=48, pattern=r"^[a-z0-9][a-z0-9-]{0,31}/v[0-9]{1,9}$")
+]
+_Millis = Annotated[int, Field(ge=0, lt=2**53)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class JobHeader(_Wire):
+    """The clear part of a job. Bound to the sealed body as associated data."""
+
+    v: Literal[1] = 1
+    job_id: _Ident
+    tenant: _Short
+    zone: _Zone
+    task: _Short
+    model: _Model
+    lane: LaneName
+    sensitivity: Sensitivity
+    kid: _KeyId
+    created_ms: _Millis
+    deadline_ms: _Millis | None = None
+    reply_to: _Ident | None = None
+    attempt: Annotated[int, Field(ge=1, le=1000)] = 1
+    trace_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
+class JobPayload(_Wire):
+    """The sealed part of a job: task inputs (already minimized on the device) and options."""
+
+    inputs: dict[str, Any]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResultHeader(_Wire):
+    """The clear part of a result. Bound to the sealed result body as associated data."""
+
+    v: Literal[1] = 1
+    job_id: _Ident
+    zone: _Zone
+    kid: _KeyId
+    status: Status
+    worker: _Short
+    finished_ms: _Millis
+
+
+class ResultBody(_Wire):
+    """The sealed part of a result."""
+
+    output: dict[str, Any] = Field(default_factory=dict)
+    error: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    started_ms: _Millis
+
+
+class JobResult(BaseModel):
+    """A result as a client sees it once opened."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    status: Status
+    output: dict[str, Any]
+    error: str | None
+    worker: str
+    started_ms: int
+    finished_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "JobHeader",
+    "JobPayload",
+    "JobResult",
+    "LaneName",
+    "ResultBody",
+    "ResultHeader",
+    "Sensitivity",
+    "Status",
+]

@@ -1,0 +1,79 @@
+"""Broker settings: from `HYB_*` environment variables, a TOML file named by `HYB_CONFIG`, or code.
+
+Unknown keys are refused, never ignored. `REDIS_URL` is accepted as well as `HYB_REDIS_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from broker.errors import ConfigError
+from broker.keyring import default_keyring_path
+from broker.keys import check_zone
+
+
+class BrokerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HYB_", extra="forbid", frozen=True, populate_by_name=True)
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("HYB_REDIS_URL", "REDIS_URL", "redis_url")
+    )
+    zone: str = "local"
+    keyring: Path = Field(default_factory=default_keyring_path)
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    max_payload_bytes: int = Field(default=1 << 20, gt=0, le=64 << 20)
+    dek_max_messages: int = Field(default=10_000, gt=0, le=1 << 32)
+    dek_max_age_s: float = Field(default=300.0, gt=0)
+    result_ttl_s: int = Field(default=24 * 3600, gt=0)
+    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    min_idle_ms: int = Field(default=60_000, ge=0)
+    read_count: int = Field(default=32, ge=1, le=10_000)
+    block_ms: int = Field(default=1000, ge=0)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return check_zone(v)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("HYB_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> BrokerSettings:
+    """Settings from env/file with `overrides` (None values ignored); bad values → `ConfigError`."""
+    config_file = os.environ.get("HYB_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"HYB_CONFIG={config_file} is not a file")
+    try:
+        return BrokerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {loc}: {first['msg']}") from None
+    except ValueError as exc:  # e.g. a malformed TOML file
+        raise ConfigError(f"cannot read settings: {exc}") from None
+
+
+__all__ = ["BrokerSettings", "load_settings"]

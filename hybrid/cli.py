@@ -1,0 +1,53 @@
+"""`hybrid` — the command line entry point.
+
+Each sub-command lives in its own module of this package and is registered here; this module only
+wires them together and turns our errors into messages a person understands, with exit codes that
+mean something (see `EXIT_*`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command ran but what it checked failed
+EXIT_USAGE = 2  # bad arguments or input (click uses 2 as well)
+EXIT_UNAVAILABLE = 69  # a service (Redis) could not be reached — EX_UNAVAILABLE
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hybrid-ai-stack")
+def cli() -> None:
+    """Hybrid AI Stack: answer on the edge, burst sealed jobs to GPU workers in-zone.
+
+    Configuration comes from HYB_* environment variables (HYB_REDIS_URL or REDIS_URL, HYB_ZONE,
+    HYB_KEYRING, ...) and from a TOML file named by HYB_CONFIG; flags override both.
+    """
+
+
+def _register() -> None:
+    from hybrid import commands_broker
+
+    commands_broker.register(cli)
+    try:
+        from hybrid import policy_cli
+    except ImportError:  # policies not installed in this build
+        return
+    cli.add_command(policy_cli.policy)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

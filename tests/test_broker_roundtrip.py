@@ -1,0 +1,152 @@
+"""Round trips over a real Redis: submit → consume → result, priorities, idempotence, waiting."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker import keys
+from broker.client import Client
+from broker.consumer import Consumer
+from broker.envelope import Envelope
+from broker.errors import PayloadTooLarge, ResultTimeout
+from broker.keyring import LocalKeyring
+from broker.message import JobSpec, Sealer
+from broker.queues import queue_depth
+
+
+def worker_sealer(keyring_path: Path, zone: str) -> Sealer:
+    """The worker side has its own envelope (its own data keys), like a separate process."""
+    return Sealer(Envelope(LocalKeyring(keyring_path, zones=[zone])))
+
+
+def echo(jobs: list) -> list:
+    return [{"echo": j.payload.inputs, "task": j.header.task} for j in jobs]
+
+
+def test_round_trip(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    client = Client(r, sealer, zone)
+    ids = client.submit_many(JobSpec(task="classify", inputs={"q": f"প্রশ্ন {i}"}) for i in range(50))
+    assert len(set(ids)) == 50 and ids == sorted(ids)
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=16)
+    stats = consumer.run(echo, burst=True)
+    results = client.wait_all(ids, timeout=10)
+    assert stats.completed == 50 and stats.duplicates == 0
+    assert [results[i].output["echo"]["q"] for i in ids] == [f"প্রশ্ন {i}" for i in range(50)]
+    assert all(res.ok and res.worker == "w1" for res in results.values())
+    # acknowledged entries are gone: nothing waits, nothing pending
+    assert [(d.length, d.pending, d.lag) for d in queue_depth(r, zone)] == [(0, 0, 0), (0, 0, 0)]
+
+
+def test_stream_entry_holds_no_user_content(r: redis.Redis, sealer: Sealer, zone: str) -> None:
+    Client(r, sealer, zone).submit("grade", {"essay": "Rabindranath wrote Gitanjali"}, tenant="school-7")
+    [(_, fields)] = r.xrange(keys.jobs_stream(zone, "interactive"))
+    assert set(fields) == {b"h", b"b"}
+    assert b"Gitanjali" not in fields[b"h"] + fields[b"b"]
+    assert b"school-7" in fields[b"h"]  # the header is clear
+
+
+def test_interactive_lane_is_served_first(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    client = Client(r, sealer, zone)
+    batch_ids = client.submit_many(JobSpec(task="t", inputs={}, lane="batch") for _ in range(5))
+    inter_ids = client.submit_many(JobSpec(task="t", inputs={}, lane="interactive") for _ in range(5))
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=5)
+    first = consumer.fetch(block_ms=0)
+    second = consumer.fetch(block_ms=0)
+    assert [d.job.job_id for d in first] == inter_ids
+    assert [d.job.job_id for d in second] == batch_ids
+
+
+def test_a_job_run_twice_has_exactly_one_result(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    client = Client(r, sealer, zone)
+    job_id = client.submit("t", {"n": 1})
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1")
+    [delivery] = consumer.fetch(block_ms=0)
+    assert consumer.complete([(delivery, {"run": 1})]) == 1
+    assert consumer.complete([(delivery, {"run": 2})]) == 0  # e.g. a reclaimed copy finishing late
+    assert consumer.stats.duplicates == 1
+    assert client.result(job_id, timeout=5).output == {"run": 1}
+    notices = r.xrange(keys.reply_stream(zone, client.name))
+    assert [f[b"jobs"] for _, f in notices] == [job_id.encode()]
+    assert 0 < r.pttl(keys.result_key(zone, job_id)) <= 24 * 3600 * 1000
+
+
+def test_handler_errors_become_error_results(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    client = Client(r, sealer, zone)
+    ok_id, bad_id = client.submit_many([JobSpec(task="t", inputs={"x": 1}), JobSpec(task="t", inputs={"x": 0})])
+
+    def divide(jobs: list) -> list:
+        out: list = []
+        for j in jobs:
+            try:
+                out.append({"y": 1 / j.payload.inputs["x"]})
+            except ZeroDivisionError as exc:
+                out.append(exc)
+        return out
+
+    Consumer(r, worker_sealer(keyring_path, zone), zone, "w1").run(divide, burst=True)
+    results = client.wait_all([ok_id, bad_id], timeout=5)
+    assert results[ok_id].ok and results[ok_id].output == {"y": 1.0}
+    assert results[bad_id].status == "error" and "ZeroDivisionError" in (results[bad_id].error or "")
+
+
+def test_waiting_client_is_woken_by_the_reply_stream(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    client = Client(r, sealer, zone, recheck_s=30)  # a recheck would not come within the test's time
+    job_id = client.submit("t", {"a": 1})
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", block_ms=5000)
+    worker = threading.Thread(
+        target=consumer.run, args=(echo,), kwargs={"burst": False, "stop": (stop := threading.Event())}
+    )
+    worker.start()
+    try:
+        assert client.result(job_id, timeout=10).output["echo"] == {"a": 1}
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+
+
+def test_results_of_jobs_submitted_elsewhere_are_found(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    submitter = Client(r, sealer, zone)
+    ids = submitter.submit_many(JobSpec(task="t", inputs={"i": i}) for i in range(3))
+    Consumer(r, worker_sealer(keyring_path, zone), zone, "w1").run(echo, burst=True)
+    other = Client(r, worker_sealer(keyring_path, zone), zone, recheck_s=0.05)
+    assert sorted(other.wait_all(ids, timeout=5)) == sorted(ids)
+
+
+def test_result_timeout_names_the_missing_jobs(r: redis.Redis, sealer: Sealer, zone: str) -> None:
+    client = Client(r, sealer, zone, recheck_s=0.05)
+    job_id = client.submit("t", {})
+    with pytest.raises(ResultTimeout) as err:
+        client.result(job_id, timeout=0.2)
+    assert err.value.job_ids == [job_id]
+
+
+def test_oversized_payload_is_refused_before_sending(r: redis.Redis, keyring: LocalKeyring, zone: str) -> None:
+    from broker.codec import Codec
+
+    client = Client(r, Sealer(Envelope(keyring), Codec(max_payload_bytes=1024)), zone)
+    with pytest.raises(PayloadTooLarge):
+        client.submit_many([JobSpec(task="t", inputs={"ok": 1}), JobSpec(task="t", inputs={"x": "y" * 5000})])
+    assert r.xlen(keys.jobs_stream(zone, "interactive")) == 0
+
+
+def test_caller_given_job_ids_are_kept(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    client = Client(r, sealer, zone)
+    assert client.submit("t", {}, job_id="essay-2026-11-27-0001") == "essay-2026-11-27-0001"
+    Consumer(r, worker_sealer(keyring_path, zone), zone, "w1").run(echo, burst=True)
+    assert client.result("essay-2026-11-27-0001", timeout=5).ok
+
+
+@pytest.mark.parametrize("bad", [{"tenant": ""}, {"task": "x" * 65}, {"trace_id": "t" * 65}, {"job_id": "a b"}])
+def test_invalid_specs_are_refused_with_the_field_named(r: redis.Redis, sealer: Sealer, zone: str, bad: dict) -> None:
+    spec = JobSpec(**{"task": "t", "inputs": {}, **bad})
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Client(r, sealer, zone).submit_many([spec])

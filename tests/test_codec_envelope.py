@@ -1,0 +1,190 @@
+"""Codec and envelope: round trips, limits, and that any change to a sealed message is caught."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker.codec import Codec, pack, train_dictionary
+from broker.envelope import DataKeyCachePolicy, Envelope
+from broker.errors import DecodeError, MalformedMessage, PayloadTooLarge, TamperedMessage, UnknownKey
+from broker.keyring import LocalKeyring
+from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20,
+)
+payloads = st.dictionaries(st.text(max_size=20), json_like | st.binary(max_size=200), max_size=8)
+
+
+@given(payloads)
+def test_codec_round_trip(obj: dict[str, object]) -> None:
+    codec = Codec()
+    assert codec.decode(codec.encode(obj)) == obj
+
+
+def test_codec_refuses_oversized_payload_before_sending() -> None:
+    codec = Codec(max_payload_bytes=1000)
+    with pytest.raises(PayloadTooLarge) as err:
+        codec.encode({"text": "x" * 2000})
+    assert err.value.limit == 1000 and err.value.size > 2000
+
+
+def test_codec_refuses_frames_that_inflate_past_the_limit() -> None:
+    big = Codec(max_payload_bytes=10 << 20).encode({"text": "a" * (5 << 20)})
+    assert len(big) < 1 << 20  # compresses to little …
+    with pytest.raises(DecodeError, match="over the limit"):
+        Codec(max_payload_bytes=1 << 20).decode(big)  # … but must not be inflated by a small reader
+
+
+@pytest.mark.parametrize("frame", [b"", b"not zstd at all", Codec().encode({"a": 1})[:-3]])
+def test_codec_rejects_garbage(frame: bytes) -> None:
+    with pytest.raises(DecodeError):
+        Codec().decode(frame)
+
+
+def test_codec_rejects_a_non_map_payload() -> None:
+    import zstandard
+
+    with pytest.raises(DecodeError, match="not a map"):
+        Codec().decode(zstandard.ZstdCompressor().compress(pack([1, 2, 3])))
+
+
+def test_trained_dictionary_shrinks_small_payloads_and_is_required_to_read() -> None:
+    samples = [
+        {"question": f"What is the capital of country number {i}? Answer in Bengali.", "n": i} for i in range(400)
+    ]
+    zdict = train_dictionary(samples, size=4096)
+    with_dict = Codec(dictionaries={"classify": zdict})
+    sample = {"question": "What is the capital of country number 9999? Answer in Bengali.", "n": 9999}
+    framed = with_dict.encode(sample, task="classify")
+    assert len(framed) < len(Codec().encode(sample))
+    assert with_dict.decode(framed) == sample
+    with pytest.raises(DecodeError, match="dictionary"):
+        Codec().decode(framed)
+
+
+def _sealer(tmp_path: Path, zone: str = "z", policy: DataKeyCachePolicy | None = None) -> Sealer:
+    path = tmp_path / "k.json"
+    if not path.exists():
+        LocalKeyring.init_zone(path, zone)
+    return Sealer(Envelope(LocalKeyring(path), policy))
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(inputs=payloads)
+def test_envelope_round_trip(tmp_path: Path, inputs: dict[str, object]) -> None:
+    sealer = _sealer(tmp_path)
+    header, hb, body = sealer.seal_job("z", JobSpec(task="t", inputs=inputs))
+    job = sealer.open_job("z", {HEADER_FIELD: hb, BODY_FIELD: body})
+    assert job.header == header
+    assert job.payload.inputs == inputs
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_single_flipped_byte_is_rejected(tmp_path: Path, data: st.DataObject) -> None:
+    sealer = _sealer(tmp_path)
+    _, hb, body = sealer.seal_job("z", JobSpec(task="t", inputs={"text": "ami tomake bhalobashi"}))
+    in_header = data.draw(st.booleans())
+    target = hb if in_header else body
+    pos = data.draw(st.integers(0, len(target) - 1))
+    bit = data.draw(st.integers(0, 7))
+    flipped = bytearray(target)
+    flipped[pos] ^= 1 << bit
+    entry = (
+        {HEADER_FIELD: bytes(flipped), BODY_FIELD: body}
+        if in_header
+        else {HEADER_FIELD: hb, BODY_FIELD: bytes(flipped)}
+    )
+    with pytest.raises(Exception) as err:
+        sealer.open_job("z", entry)
+    from broker.errors import MessageError
+
+    assert isinstance(err.value, MessageError), repr(err.value)
+
+
+def test_body_under_another_header_does_not_open(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    _, hb1, _ = sealer.seal_job("z", JobSpec(task="t", inputs={"a": 1}))
+    _, _, body2 = sealer.seal_job("z", JobSpec(task="t", inputs={"a": 2}))
+    with pytest.raises(TamperedMessage):
+        sealer.open_job("z", {HEADER_FIELD: hb1, BODY_FIELD: body2})
+
+
+def test_truncated_body_is_malformed(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    _, hb, body = sealer.seal_job("z", JobSpec(task="t", inputs={"a": 1}))
+    with pytest.raises(MalformedMessage, match="truncated"):
+        sealer.open_job("z", {HEADER_FIELD: hb, BODY_FIELD: body[:20]})
+
+
+def test_data_key_is_reused_within_its_message_bound(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path, policy=DataKeyCachePolicy(max_messages=10))
+    bodies = [sealer.seal_job("z", JobSpec(task="t", inputs={"i": i}))[2] for i in range(25)]
+    wrapped = {b[2 : 2 + b[1]] for b in bodies}
+    assert len(wrapped) == 3  # 10 + 10 + 5
+    assert sealer.envelope.data_keys_created == 3
+    nonces = {b[2 + b[1] : 14 + b[1]] for b in bodies}
+    assert len(nonces) == 25
+
+
+def test_data_key_expires_by_age(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path, policy=DataKeyCachePolicy(max_age_s=0.05))
+    sealer.seal_job("z", JobSpec(task="t", inputs={}))
+    first = sealer.envelope.data_keys_created
+    deadline = time.monotonic() + 0.06
+    while time.monotonic() < deadline:  # let the bound pass (measured, not assumed)
+        time.sleep(0.01)
+    sealer.seal_job("z", JobSpec(task="t", inputs={}))
+    assert sealer.envelope.data_keys_created == first + 1
+
+
+def test_other_zone_keyring_cannot_open(tmp_path: Path) -> None:
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    LocalKeyring.init_zone(a, "zone-a")
+    LocalKeyring.init_zone(b, "zone-b")
+    _, hb, body = Sealer(Envelope(LocalKeyring(a))).seal_job("zone-a", JobSpec(task="t", inputs={"x": 1}))
+    reader = Sealer(Envelope(LocalKeyring(b)))
+    with pytest.raises(UnknownKey):
+        reader.envelope.open("zone-a/v1", hb, body)
+
+
+def test_same_zone_name_different_kek_is_tampering(tmp_path: Path) -> None:
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    LocalKeyring.init_zone(a, "z")
+    LocalKeyring.init_zone(b, "z")  # same zone name, independent key
+    _, hb, body = Sealer(Envelope(LocalKeyring(a))).seal_job("z", JobSpec(task="t", inputs={}))
+    with pytest.raises(TamperedMessage):
+        Sealer(Envelope(LocalKeyring(b))).open_job("z", {HEADER_FIELD: hb, BODY_FIELD: body})
+
+
+def test_results_are_bound_to_their_job(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    h1, _, _ = sealer.seal_job("z", JobSpec(task="t", inputs={}))
+    h2, _, _ = sealer.seal_job("z", JobSpec(task="t", inputs={}))
+    stored = sealer.seal_result(h1, "w", 1, output={"label": "math"})
+    assert sealer.open_result("z", h1.job_id, stored).output == {"label": "math"}
+    from broker.errors import ZoneMismatch
+
+    with pytest.raises(ZoneMismatch):
+        sealer.open_result("z", h2.job_id, stored)
+
+
+def test_random_bytes_never_open(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    _, hb, _ = sealer.seal_job("z", JobSpec(task="t", inputs={}))
+    from broker.errors import MessageError
+
+    for _ in range(50):
+        with pytest.raises(MessageError):
+            sealer.open_job("z", {HEADER_FIELD: hb, BODY_FIELD: b"\x01\x28" + os.urandom(100)})
