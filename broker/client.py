@@ -17,7 +17,7 @@ import redis
 
 from broker import keys
 from broker.codec import Codec
-from broker.connection import MAX_BLOCK_MS, connect, redis_errors
+from broker.connection import connect, redis_errors
 from broker.envelope import DataKeyCachePolicy, Envelope
 from broker.errors import ConfigError, ResultTimeout
 from broker.ids import new_ulid

@@ -9,7 +9,6 @@ import redis
 
 from broker.errors import ConfigError, RedisUnavailable
 
-
 MAX_BLOCK_MS = 30_000
 """Longest blocking read we issue; the socket timeout is well above it."""
 

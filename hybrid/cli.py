@@ -1,8 +1,8 @@
 """`hybrid` — the command line entry point.
 
 Each sub-command lives in its own module of this package and is registered here; this module only
-wires them together and turns our errors into messages a person understands, with exit codes that
-mean something (see `EXIT_*`).
+wires them together. Exit codes (see `hybrid.common`): 0 ok, 1 the command ran and what it checked
+failed, 2 bad arguments or input, 69 Redis unreachable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,11 +10,6 @@ from __future__ import annotations
 import sys
 
 import click
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the command ran but what it checked failed
-EXIT_USAGE = 2  # bad arguments or input (click uses 2 as well)
-EXIT_UNAVAILABLE = 69  # a service (Redis) could not be reached — EX_UNAVAILABLE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,9 +23,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hybrid import commands_broker
+    from hybrid import commands_broker, demo
 
     commands_broker.register(cli)
+    cli.add_command(demo.demo)
     try:
         from hybrid import policy_cli
     except ImportError:  # policies not installed in this build
