@@ -1,0 +1,48 @@
+"""Job ids and settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ulid
+
+from broker.errors import ConfigError
+from broker.ids import encode_ulid, new_ulid, ulid_time_ms
+from broker.settings import load_settings
+
+
+def test_ulids_follow_the_spec_and_are_monotonic() -> None:
+    ids = [new_ulid() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for text in ids[:50]:
+        parsed = ulid.ULID.from_str(text)  # the reference implementation reads ours
+        assert str(parsed) == text and parsed.milliseconds == ulid_time_ms(text)
+    reference = ulid.ULID()
+    assert encode_ulid(int(reference)) == str(reference)
+
+
+def test_settings_from_env_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "hybrid.toml"
+    cfg.write_text('zone = "in-wb"\nmax_deliveries = 9\n')
+    monkeypatch.setenv("HYB_CONFIG", str(cfg))
+    monkeypatch.setenv("REDIS_URL", "redis://example:6380/1")
+    monkeypatch.setenv("HYB_READ_COUNT", "64")
+    s = load_settings()
+    assert (s.zone, s.max_deliveries, s.redis_url, s.read_count) == ("in-wb", 9, "redis://example:6380/1", 64)
+    assert load_settings(zone="bd-dhaka").zone == "bd-dhaka"  # explicit beats file
+
+
+def test_unknown_or_bad_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "hybrid.toml"
+    cfg.write_text("max_delivries = 9\n")  # misspelt: must not be silently ignored
+    monkeypatch.setenv("HYB_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="max_delivries"):
+        load_settings()
+    monkeypatch.delenv("HYB_CONFIG")
+    monkeypatch.setenv("HYB_ZSTD_LEVEL", "99")
+    with pytest.raises(ConfigError, match="zstd_level"):
+        load_settings()
+    monkeypatch.setenv("HYB_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="not a file"):
+        load_settings()
