@@ -207,6 +207,20 @@ class Consumer:
 
     # -- completing -------------------------------------------------------------------------------
 
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge (and delete) entries without storing a result — for jobs dropped on purpose."""
+        if not deliveries:
+            return
+        by_stream: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, keys.GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            pipe.execute()
+
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> int:
         """Store each result (once per job id) and acknowledge its entry; returns results created."""
         if not items:

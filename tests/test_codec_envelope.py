@@ -188,3 +188,31 @@ def test_random_bytes_never_open(tmp_path: Path) -> None:
     for _ in range(50):
         with pytest.raises(MessageError):
             sealer.open_job("z", {HEADER_FIELD: hb, BODY_FIELD: b"\x01\x28" + os.urandom(100)})
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["inputs", "options", "extra"]),
+        json_like | st.dictionaries(st.text(max_size=3) | st.binary(max_size=3), json_like, max_size=3),
+        max_size=3,
+    )
+)
+def test_hand_payload_check_agrees_with_the_schema(obj: dict[str, object]) -> None:
+    """The worker checks payloads by hand for speed; it must accept exactly what `JobPayload` accepts."""
+    from pydantic import ValidationError
+
+    from broker.errors import DecodeError
+    from broker.message import _payload
+    from broker.schema import JobPayload
+
+    try:
+        JobPayload.model_validate(obj)
+        schema_ok = True
+    except ValidationError:
+        schema_ok = False
+    try:
+        _payload(obj)
+        hand_ok = True
+    except DecodeError:
+        hand_ok = False
+    assert hand_ok == schema_ok

