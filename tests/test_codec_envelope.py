@@ -216,3 +216,14 @@ def test_hand_payload_check_agrees_with_the_schema(obj: dict[str, object]) -> No
     except DecodeError:
         hand_ok = False
     assert hand_ok == schema_ok
+
+
+def test_small_payloads_stay_plain_msgpack_and_both_forms_read() -> None:
+    codec = Codec()
+    small = codec.encode({"label": "math"})
+    assert small == pack({"label": "math"})  # zstd would only add bytes
+    large = codec.encode({"text": "ami " * 200})
+    assert large[:4] == b"\x28\xb5\x2f\xfd"
+    assert codec.decode(small) == {"label": "math"} and codec.decode(large) == {"text": "ami " * 200}
+    with pytest.raises(DecodeError, match="neither"):
+        codec.decode(pack([1, 2]))  # plain msgpack must be a map

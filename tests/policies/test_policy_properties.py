@@ -14,7 +14,6 @@ from policies import (
     DeviceState,
     LocalResult,
     Policy,
-    PolicyError,
     Request,
     Route,
     Sensitivity,
@@ -30,35 +29,44 @@ from policies import (
 from policies.model import ModelSpec, ModelVersion
 
 DEFAULT = load_default_policy()
-BASE = yaml.safe_load(default_policy_text())
 
-rules = st.fixed_dictionaries(
-    {
-        "transform": st.sampled_from([t.value for t in Transform]),
-        "in_zone_only": st.booleans(),
-        "never_leave_device": st.booleans(),
-        "require_enclave": st.booleans(),
-    }
-)
+RULE_FIELDS = {
+    "transform": st.sampled_from(list(Transform)),
+    "in_zone_only": st.booleans(),
+    "never_leave_device": st.booleans(),
+    "require_enclave": st.booleans(),
+}
+
+
+@st.composite
+def data_classes(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
+    """Rules for the three levels, each field non-decreasing in strictness as a valid policy needs."""
+    order = list(Transform)
+    columns: dict[str, list[Any]] = {}
+    for field, strategy in RULE_FIELDS.items():
+        values = [draw(strategy) for _ in SENSITIVITY_ORDER]
+        columns[field] = sorted(values, key=order.index) if field == "transform" else sorted(values)
+    levels = {level.value: {f: columns[f][i] for f in RULE_FIELDS} for i, level in enumerate(SENSITIVITY_ORDER)}
+    sensitive = levels["sensitive"]
+    if sensitive["transform"] is Transform.RAW and not sensitive["never_leave_device"]:
+        sensitive["transform"] = draw(st.sampled_from([Transform.TOKENIZE, Transform.EMBED]))
+    for rule in levels.values():
+        rule["transform"] = rule["transform"].value
+    return levels
 
 
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
     """Valid variations of the default policy: data rules, thresholds, endpoints."""
     data: dict[str, Any] = yaml.safe_load(default_policy_text())
-    data["data_classes"] = {level.value: draw(rules) for level in SENSITIVITY_ORDER}
+    data["data_classes"] = draw(data_classes())
     data["routing"]["utilization_threshold"] = draw(st.floats(0.0, 1.0))
     for task in data["tasks"].values():
         task["accepts_embedding"] = draw(st.booleans())
         task["confidence_threshold"] = draw(st.floats(0.0, 1.0))
     for zone in data["zones"].values():
         zone["endpoints"][0]["enclave"] = draw(st.booleans())
-    try:
-        return parse_policy(yaml.safe_dump(data))
-    except PolicyError:  # e.g. levels that are not monotonic: refused at load, so never routed by
-        from hypothesis import reject
-
-        reject()
+    return parse_policy(yaml.safe_dump(data))
 
 
 requests = st.builds(
@@ -81,7 +89,7 @@ devices = st.builds(
     model_memory_available_mb=st.floats(0.0, 2000.0),
 )
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _leaves_raw(route: Route, transform: Transform) -> bool:
@@ -98,8 +106,9 @@ def test_sensitive_or_untagged_data_never_goes_to_the_cloud_raw(
         assert d.sensitivity is Sensitivity.SENSITIVE
         assert not _leaves_raw(d.route, d.transform), d.reasons
     if d.route in (Route.LOCAL, Route.FALLBACK) and d.model is not None:
-        follow = escalate(LocalResult(request=req, device=dev, model=d.model, confidence=confidence,
-                                      route=d.route), policy)
+        follow = escalate(
+            LocalResult(request=req, device=dev, model=d.model, confidence=confidence, route=d.route), policy
+        )
         if req.sensitivity in (None, Sensitivity.SENSITIVE):
             assert not _leaves_raw(follow.route, follow.transform), follow.reasons
 
@@ -138,9 +147,15 @@ def test_decide_is_deterministic(req: Request, dev: DeviceState) -> None:
 
 @pytest.mark.parametrize("split", [(90, 10), (50, 50), (95, 5), (70, 20, 10), (33.3, 33.3, 33.4), (99, 1)])
 def test_canary_split_within_two_percent_over_10k_ids(split: tuple[float, ...]) -> None:
-    model = ModelSpec(name="m", task="t", size_mb=1, runtime="onnx", ops_supported_locally=True,
-                      edge_eligible=False, versions=tuple(ModelVersion(version=f"v{i}", canary_percent=p)
-                                                          for i, p in enumerate(split)))
+    model = ModelSpec(
+        name="m",
+        task="t",
+        size_mb=1,
+        runtime="onnx",
+        ops_supported_locally=True,
+        edge_eligible=False,
+        versions=tuple(ModelVersion(version=f"v{i}", canary_percent=p) for i, p in enumerate(split)),
+    )
     counts = dict.fromkeys((f"v{i}" for i in range(len(split))), 0)
     for i in range(10_000):
         version, _ = choose_version(model, f"req-{i:05d}")
@@ -150,9 +165,15 @@ def test_canary_split_within_two_percent_over_10k_ids(split: tuple[float, ...]) 
 
 
 def test_a_zero_share_version_never_serves() -> None:
-    model = ModelSpec(name="m", task="t", size_mb=1, runtime="onnx", ops_supported_locally=True,
-                      edge_eligible=False, versions=(ModelVersion(version="old", canary_percent=100),
-                                                     ModelVersion(version="next", canary_percent=0)))
+    model = ModelSpec(
+        name="m",
+        task="t",
+        size_mb=1,
+        runtime="onnx",
+        ops_supported_locally=True,
+        edge_eligible=False,
+        versions=(ModelVersion(version="old", canary_percent=100), ModelVersion(version="next", canary_percent=0)),
+    )
     assert {choose_version(model, f"id-{i}")[0] for i in range(5000)} == {"old"}
 
 
@@ -164,9 +185,11 @@ def test_canary_choice_is_stable_across_processes() -> None:
 
     ids = [f"student-{i}" for i in range(50)]
     here = [choose_version(DEFAULT.model("essay-grader-large"), i)[1] for i in ids]
-    code = ("import sys; from policies import load_default_policy, choose_version; "
-            "m = load_default_policy().model('essay-grader-large'); "
-            "print(','.join(str(choose_version(m, i)[1]) for i in sys.argv[1:]))")
+    code = (
+        "import sys; from policies import load_default_policy, choose_version; "
+        "m = load_default_policy().model('essay-grader-large'); "
+        "print(','.join(str(choose_version(m, i)[1]) for i in sys.argv[1:]))"
+    )
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code, *ids], capture_output=True, text=True, env=env, check=True)
     assert [int(b) for b in out.stdout.strip().split(",")] == here
@@ -184,8 +207,7 @@ def test_policy_round_trip_load_dump_load(policy: Policy, weights: list[float]) 
         return
     first = policy.models[0]
     versions = tuple(ModelVersion(version=f"1.{i}.0", canary_percent=s) for i, s in enumerate(shares))
-    varied = policy.model_copy(update={"models": (first.model_copy(update={"versions": versions}),
-                                                  *policy.models[1:])})
+    varied = policy.model_copy(update={"models": (first.model_copy(update={"versions": versions}), *policy.models[1:])})
     text = dump_policy(varied)
     again = parse_policy(text)
     assert again == varied
