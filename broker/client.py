@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,8 +35,19 @@ def sealer_from_settings(settings: BrokerSettings, provider: KeyProvider | None 
     """The envelope and codec `settings` describe (the keyring restricted to the settings' zone)."""
     provider = provider or LocalKeyring(settings.keyring, zones=[settings.zone])
     policy = DataKeyCachePolicy(max_messages=settings.dek_max_messages, max_age_s=settings.dek_max_age_s)
-    codec = Codec(level=settings.zstd_level, max_payload_bytes=settings.max_payload_bytes)
+    codec = Codec(
+        level=settings.zstd_level,
+        max_payload_bytes=settings.max_payload_bytes,
+        dictionaries=load_dictionaries(settings.zstd_dict_dir) if settings.zstd_dict_dir else None,
+    )
     return Sealer(Envelope(provider, policy), codec)
+
+
+def load_dictionaries(directory: Path) -> dict[str, bytes]:
+    """`<task>.zdict` files of a directory, by task (see `broker.codec.train_dictionary`)."""
+    if not directory.is_dir():
+        raise ConfigError(f"zstd dictionary directory {directory} does not exist")
+    return {p.stem: p.read_bytes() for p in sorted(directory.glob("*.zdict"))}
 
 
 class Client:

@@ -31,6 +31,7 @@ class BrokerSettings(BaseSettings):
     zone: str = "local"
     keyring: Path = Field(default_factory=default_keyring_path)
     zstd_level: int = Field(default=3, ge=1, le=22)
+    zstd_dict_dir: Path | None = None  # trained dictionaries, one `<task>.zdict` file per task
     max_payload_bytes: int = Field(default=1 << 20, gt=0, le=64 << 20)
     dek_max_messages: int = Field(default=10_000, gt=0, le=1 << 32)
     dek_max_age_s: float = Field(default=300.0, gt=0)

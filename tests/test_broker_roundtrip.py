@@ -9,13 +9,15 @@ import pytest
 import redis
 
 from broker import keys
-from broker.client import Client
+from broker.client import Client, sealer_from_settings
+from broker.codec import Codec, train_dictionary
 from broker.consumer import Consumer
 from broker.envelope import Envelope
-from broker.errors import PayloadTooLarge, ResultTimeout
+from broker.errors import DecodeError, PayloadTooLarge, ResultTimeout
 from broker.keyring import LocalKeyring
-from broker.message import JobSpec, Sealer
+from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
 from broker.queues import queue_depth
+from broker.settings import load_settings
 
 
 def worker_sealer(keyring_path: Path, zone: str) -> Sealer:
@@ -130,8 +132,6 @@ def test_result_timeout_names_the_missing_jobs(r: redis.Redis, sealer: Sealer, z
 
 
 def test_oversized_payload_is_refused_before_sending(r: redis.Redis, keyring: LocalKeyring, zone: str) -> None:
-    from broker.codec import Codec
-
     client = Client(r, Sealer(Envelope(keyring), Codec(max_payload_bytes=1024)), zone)
     with pytest.raises(PayloadTooLarge):
         client.submit_many([JobSpec(task="t", inputs={"ok": 1}), JobSpec(task="t", inputs={"x": "y" * 5000})])
@@ -150,3 +150,38 @@ def test_invalid_specs_are_refused_with_the_field_named(r: redis.Redis, sealer: 
     spec = JobSpec(**{"task": "t", "inputs": {}, **bad})
     with pytest.raises(ValueError, match=next(iter(bad))):
         Client(r, sealer, zone).submit_many([spec])
+
+
+def test_queue_depth_counts_backlog_pending_and_lag(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    client = Client(r, sealer, zone)
+    client.submit_many(JobSpec(task="t", inputs={}, lane="batch") for _ in range(10))
+    client.submit_many(JobSpec(task="t", inputs={}, lane="interactive") for _ in range(3))
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=5)
+    taken = consumer.fetch(block_ms=0)  # 3 interactive + 2 batch, now pending
+    inter, batch = queue_depth(r, zone)
+    assert (inter.lane, inter.length, inter.pending, inter.lag, inter.consumers) == ("interactive", 3, 3, 0, 1)
+    assert (batch.lane, batch.length, batch.pending, batch.lag) == ("batch", 10, 2, 8)
+    assert batch.oldest_age_ms >= 0
+    consumer.complete([(d, {}) for d in taken])
+    inter, batch = queue_depth(r, zone)
+    assert (inter.length, inter.pending, batch.length, batch.pending, batch.lag) == (0, 0, 8, 0, 8)
+
+
+def test_trained_dictionaries_from_settings(tmp_path: Path, keyring_path: Path, zone: str) -> None:
+    dict_dir = tmp_path / "dicts"
+    dict_dir.mkdir()
+    samples = [
+        {"inputs": {"q": f"Which river flows through district {i} of West Bengal?"}, "options": {}} for i in range(300)
+    ]
+    (dict_dir / "classify.zdict").write_bytes(train_dictionary(samples, 2048))
+    settings = load_settings(zone=zone, keyring=str(keyring_path), zstd_dict_dir=str(dict_dir))
+    sealer = sealer_from_settings(settings)
+    _header, hb, body = sealer.seal_job(
+        zone, JobSpec(task="classify", inputs={"q": "Which river flows through Kolkata?"})
+    )
+    assert sealer.open_job(zone, {HEADER_FIELD: hb, BODY_FIELD: body}).payload.inputs["q"].startswith("Which river")
+    plain = Sealer(Envelope(LocalKeyring(keyring_path)))
+    with pytest.raises(DecodeError, match="dictionary"):  # the frame names a dictionary this reader lacks
+        plain.open_job(zone, {HEADER_FIELD: hb, BODY_FIELD: body})

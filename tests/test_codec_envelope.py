@@ -9,12 +9,22 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from broker.codec import Codec, pack, train_dictionary
 from broker.envelope import DataKeyCachePolicy, Envelope
-from broker.errors import DecodeError, MalformedMessage, PayloadTooLarge, TamperedMessage, UnknownKey
+from broker.errors import (
+    DecodeError,
+    MalformedMessage,
+    MessageError,
+    PayloadTooLarge,
+    TamperedMessage,
+    UnknownKey,
+    ZoneMismatch,
+)
 from broker.keyring import LocalKeyring
-from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer, _payload
+from broker.schema import JobPayload
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
@@ -106,8 +116,6 @@ def test_any_single_flipped_byte_is_rejected(tmp_path: Path, data: st.DataObject
     )
     with pytest.raises(Exception) as err:
         sealer.open_job("z", entry)
-    from broker.errors import MessageError
-
     assert isinstance(err.value, MessageError), repr(err.value)
 
 
@@ -174,8 +182,6 @@ def test_results_are_bound_to_their_job(tmp_path: Path) -> None:
     h2, _, _ = sealer.seal_job("z", JobSpec(task="t", inputs={}))
     stored = sealer.seal_result(h1, "w", 1, output={"label": "math"})
     assert sealer.open_result("z", h1.job_id, stored).output == {"label": "math"}
-    from broker.errors import ZoneMismatch
-
     with pytest.raises(ZoneMismatch):
         sealer.open_result("z", h2.job_id, stored)
 
@@ -183,8 +189,6 @@ def test_results_are_bound_to_their_job(tmp_path: Path) -> None:
 def test_random_bytes_never_open(tmp_path: Path) -> None:
     sealer = _sealer(tmp_path)
     _, hb, _ = sealer.seal_job("z", JobSpec(task="t", inputs={}))
-    from broker.errors import MessageError
-
     for _ in range(50):
         with pytest.raises(MessageError):
             sealer.open_job("z", {HEADER_FIELD: hb, BODY_FIELD: b"\x01\x28" + os.urandom(100)})
@@ -199,11 +203,7 @@ def test_random_bytes_never_open(tmp_path: Path) -> None:
 )
 def test_hand_payload_check_agrees_with_the_schema(obj: dict[str, object]) -> None:
     """The worker checks payloads by hand for speed; it must accept exactly what `JobPayload` accepts."""
-    from pydantic import ValidationError
-
     from broker.errors import DecodeError
-    from broker.message import _payload
-    from broker.schema import JobPayload
 
     try:
         JobPayload.model_validate(obj)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,6 @@ def test_all_names_exist(package: str) -> None:
 
 def test_broker_imports_nothing_of_ours() -> None:
     import ast
-    from pathlib import Path
 
     root = Path(importlib.import_module("broker").__file__).parent  # type: ignore[arg-type]
     for path in root.glob("*.py"):
