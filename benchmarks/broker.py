@@ -242,7 +242,9 @@ def print_table(result: dict[str, Any]) -> None:
     for key, target in TARGETS.items():
         a, b = result["ratios"][key], k10["ratios"][key]
         mark = "" if a is None else (" ✓" if a >= target else " ✗")
-        table.add_row(f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-")
+        table.add_row(
+            f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-"
+        )
     out.print(table)
     for name, cfg in result["peer_config"].items():
         out.print(f"[dim]{name}: {cfg}[/]")
@@ -259,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     n, n_e2e, n_peer = (5_000, 5_000, 2_000) if args.quick else (30_000, 20_000, 5_000)
-    with tempfile.TemporaryDirectory(prefix="hyb-bench-") as tmp, EmbeddedRedis(
-        Path(tmp) / "redis", binary=args.redis_server
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="hyb-bench-") as tmp,
+        EmbeddedRedis(Path(tmp) / "redis", binary=args.redis_server) as server,
+    ):
         bench = Bench(server, Path(tmp))
         one = measure(bench, n, n_e2e, n_peer, 1024, peers=not args.no_peers)
         ten = measure(bench, n, n_e2e, n_peer, 10 * 1024, peers=not args.no_peers)
@@ -271,13 +274,15 @@ def main(argv: list[str] | None = None) -> int:
             "targets": TARGETS,
             "config": {
                 "mode": "quick" if args.quick else "full",
-                "jobs": n, "e2e_jobs": n_e2e, "peer_jobs": n_peer,
+                "jobs": n,
+                "e2e_jobs": n_e2e,
+                "peer_jobs": n_peer,
                 "redis_version": server.version(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                 "redis_py": redis.__version__,
                 "ours": f"submit_many pipelined {CHUNK}/round trip; one worker process reading {READ}/XREADGROUP; "
-                        "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
-            },  # fmt: skip
+                "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
+            },
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
