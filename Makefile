@@ -25,7 +25,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check broker policies edge_agent gpu_worker hybrid benchmarks tests
 
 typecheck: install
 	$(BIN)/mypy

@@ -23,14 +23,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hybrid import commands_broker, demo
+    from hybrid import commands_broker, demo, policy_cli
 
     commands_broker.register(cli)
     cli.add_command(demo.demo)
-    try:
-        from hybrid import policy_cli
-    except ImportError:  # policies not installed in this build
-        return
     cli.add_command(policy_cli.policy)
 
 

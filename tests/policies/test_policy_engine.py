@@ -229,7 +229,7 @@ DECIDE = [
         "summarizer-large",
         "in-wb",
         False,
-        "'personal' data leaves the device as 'tokenize'",
+        "'personal' data may leave the device as 'tokenize'",
         id="personal-tokenized",
     ),
     pytest.param(
@@ -277,7 +277,7 @@ DECIDE = [
         "qclf-xlmr-large",
         "in-wb",
         False,
-        "'personal' data leaves the device as 'embed'",
+        "'personal' data may leave the device as 'embed'",
         id="embed-only-and-task-accepts",
     ),
     pytest.param(

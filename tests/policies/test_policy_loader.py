@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from policies import PolicyError, default_policy_text, dump_policy, load_default_policy, load_policy, parse_policy
+from policies import (
+    PolicyError,
+    PolicyIssue,
+    default_policy_text,
+    dump_policy,
+    load_default_policy,
+    load_policy,
+    parse_policy,
+)
 
 DEFAULT = default_policy_text()
 
@@ -24,7 +32,7 @@ def line_of(text: str, marker: str) -> int:
     return lines[0]
 
 
-def issues_of(text: str) -> list:
+def issues_of(text: str) -> list[PolicyIssue]:
     with pytest.raises(PolicyError) as info:
         parse_policy(text, source="p.yaml")
     return list(info.value.issues)
@@ -227,7 +235,7 @@ def test_missing_required_field_points_at_its_section() -> None:
     text = mutate("  model_memory_mb: 600          # practical ceiling for models on the HAT's NPU\n", "")
     issue = next(i for i in issues_of(text) if i.field == "edge.model_memory_mb")
     assert "missing" in issue.message
-    assert text.splitlines()[issue.line - 1] == "edge:"
+    assert issue.line == line_of(text, "device: Raspberry Pi") - 1  # the line of `edge:` above it
 
 
 def test_several_problems_are_all_reported() -> None:

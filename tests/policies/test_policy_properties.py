@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from policies import (
     Policy,
     Request,
     Route,
+    Runtime,
     Sensitivity,
     Transform,
     choose_version,
@@ -29,6 +31,7 @@ from policies import (
 from policies.model import ModelSpec, ModelVersion
 
 DEFAULT = load_default_policy()
+BASE: dict[str, Any] = yaml.safe_load(default_policy_text())
 
 RULE_FIELDS = {
     "transform": st.sampled_from(list(Transform)),
@@ -58,7 +61,7 @@ def data_classes(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
     """Valid variations of the default policy: data rules, thresholds, endpoints."""
-    data: dict[str, Any] = yaml.safe_load(default_policy_text())
+    data: dict[str, Any] = copy.deepcopy(BASE)
     data["data_classes"] = draw(data_classes())
     data["routing"]["utilization_threshold"] = draw(st.floats(0.0, 1.0))
     for task in data["tasks"].values():
@@ -66,7 +69,7 @@ def policies(draw: st.DrawFn) -> Policy:
         task["confidence_threshold"] = draw(st.floats(0.0, 1.0))
     for zone in data["zones"].values():
         zone["endpoints"][0]["enclave"] = draw(st.booleans())
-    return parse_policy(yaml.safe_dump(data))
+    return Policy.model_validate(data)
 
 
 requests = st.builds(
@@ -151,7 +154,7 @@ def test_canary_split_within_two_percent_over_10k_ids(split: tuple[float, ...]) 
         name="m",
         task="t",
         size_mb=1,
-        runtime="onnx",
+        runtime=Runtime.ONNX,
         ops_supported_locally=True,
         edge_eligible=False,
         versions=tuple(ModelVersion(version=f"v{i}", canary_percent=p) for i, p in enumerate(split)),
@@ -169,7 +172,7 @@ def test_a_zero_share_version_never_serves() -> None:
         name="m",
         task="t",
         size_mb=1,
-        runtime="onnx",
+        runtime=Runtime.ONNX,
         ops_supported_locally=True,
         edge_eligible=False,
         versions=(ModelVersion(version="old", canary_percent=100), ModelVersion(version="next", canary_percent=0)),
@@ -195,7 +198,7 @@ def test_canary_choice_is_stable_across_processes() -> None:
     assert [int(b) for b in out.stdout.strip().split(",")] == here
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(policies(), st.lists(st.floats(0.0, 100.0), min_size=1, max_size=4))
 def test_policy_round_trip_load_dump_load(policy: Policy, weights: list[float]) -> None:
     total = sum(weights)
