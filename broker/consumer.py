@@ -170,7 +170,7 @@ class Consumer:
         return out
 
     def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
-        rows = self.client.xpending_range(stream, keys.GROUP, ids[0], ids[-1], len(ids) * 4, self.name)
+        rows = self.client.xpending_range(stream, keys.GROUP, ids[0], ids[-1], max(len(ids) * 4, 1000), self.name)
         wanted = set(ids)
         return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
 

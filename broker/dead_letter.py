@@ -144,9 +144,10 @@ class DeadLetters:
         """Delete the given dead letters, or all of them; returns how many were removed."""
         with redis_errors():
             if entry_ids is None:
-                n = int(self.client.xlen(self.stream))
-                self.client.delete(self.stream)
-                return n
+                pipe = self.client.pipeline(transaction=True)
+                pipe.xlen(self.stream)
+                pipe.delete(self.stream)
+                return int(pipe.execute()[0])
             return int(self.client.xdel(self.stream, *entry_ids)) if entry_ids else 0
 
     @staticmethod

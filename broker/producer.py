@@ -33,20 +33,21 @@ class Producer:
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: Iterable[JobSpec]) -> list[str]:
-        """Seal and enqueue; returns the job ids in order. Every spec is sealed before its chunk is sent,
-        so a bad spec (`PayloadTooLarge`, `ValueError`) stops the call before that chunk reaches Redis."""
+        """Seal and enqueue; returns the job ids in order.
+
+        Every spec is sealed before anything is sent, so a bad one (`PayloadTooLarge`, `ValueError`)
+        fails the whole call with nothing enqueued. The sealed jobs then go out in pipelines of
+        `chunk`; should Redis fail part-way, resubmitting with the same `job_id`s is safe — a job id
+        has at most one result."""
+        sealed: list[tuple[str, bytes, bytes]] = []
         ids: list[str] = []
-        batch: list[tuple[str, bytes, bytes]] = []
+        for spec in specs:
+            header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
+            ids.append(header.job_id)
+            sealed.append((keys.jobs_stream(self.zone, header.lane), hb, body))
         with redis_errors():
-            for spec in specs:
-                header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
-                ids.append(header.job_id)
-                batch.append((keys.jobs_stream(self.zone, header.lane), hb, body))
-                if len(batch) >= self.chunk:
-                    self._send(batch)
-                    batch = []
-            if batch:
-                self._send(batch)
+            for i in range(0, len(sealed), self.chunk):
+                self._send(sealed[i : i + self.chunk])
         return ids
 
     def _send(self, batch: list[tuple[str, bytes, bytes]]) -> None:

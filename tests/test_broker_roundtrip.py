@@ -16,6 +16,7 @@ from broker.envelope import Envelope
 from broker.errors import DecodeError, PayloadTooLarge, ResultTimeout
 from broker.keyring import LocalKeyring
 from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+from broker.producer import Producer
 from broker.queues import queue_depth
 from broker.settings import load_settings
 
@@ -132,9 +133,9 @@ def test_result_timeout_names_the_missing_jobs(r: redis.Redis, sealer: Sealer, z
 
 
 def test_oversized_payload_is_refused_before_sending(r: redis.Redis, keyring: LocalKeyring, zone: str) -> None:
-    client = Client(r, Sealer(Envelope(keyring), Codec(max_payload_bytes=1024)), zone)
-    with pytest.raises(PayloadTooLarge):
-        client.submit_many([JobSpec(task="t", inputs={"ok": 1}), JobSpec(task="t", inputs={"x": "y" * 5000})])
+    producer = Producer(r, Sealer(Envelope(keyring), Codec(max_payload_bytes=1024)), zone, chunk=1)
+    with pytest.raises(PayloadTooLarge):  # the good first job is not sent either: all or nothing
+        producer.submit_many([JobSpec(task="t", inputs={"ok": 1}), JobSpec(task="t", inputs={"x": "y" * 5000})])
     assert r.xlen(keys.jobs_stream(zone, "interactive")) == 0
 
 
