@@ -8,7 +8,8 @@ import redis
 
 from broker import keys
 from broker.connection import ensure_group, redis_errors
-from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+from broker.message import JobSpec, Sealer
+from broker.scripts import APPEND
 
 
 class Producer:
@@ -23,6 +24,7 @@ class Producer:
         self.reply_to = keys.check_name(reply_to, "reply name") if reply_to else None
         self.chunk = chunk
         self._grouped: set[str] = set()
+        self._append = client.register_script(APPEND)
 
     def _ensure_group(self, stream: str) -> None:
         if stream not in self._grouped:
@@ -51,12 +53,15 @@ class Producer:
         return ids
 
     def _send(self, batch: list[tuple[str, bytes, bytes]]) -> None:
-        for stream in {s for s, _, _ in batch}:
-            self._ensure_group(stream)
-        pipe = self.client.pipeline(transaction=False)
+        """Append one chunk with the APPEND script: all of it or none of it reaches the streams."""
+        streams: list[str] = []
+        args: list[bytes | int] = []
         for stream, hb, body in batch:
-            pipe.xadd(stream, {HEADER_FIELD: hb, BODY_FIELD: body})
-        pipe.execute()
+            if stream not in streams:
+                self._ensure_group(stream)
+                streams.append(stream)
+            args += [streams.index(stream) + 1, hb, body]
+        self._append(keys=streams, args=args)
 
 
 __all__ = ["Producer"]
