@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_version": server.version(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                 "redis_py": redis.__version__,
-                "ours": f"submit_many pipelined {CHUNK}/round trip; one worker process reading {READ}/XREADGROUP; "
+                "ours": f"submit_many appends {CHUNK} jobs per Lua call; one worker process reading {READ}/XREADGROUP; "
                 "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
             },
         }
