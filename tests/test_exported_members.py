@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("package", ["broker", "policies"])
+@pytest.mark.parametrize("package", ["broker", "policies", "gpu_worker"])
 def test_all_names_exist(package: str) -> None:
     module = importlib.import_module(package)
     assert len(set(module.__all__)) == len(module.__all__)
