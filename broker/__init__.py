@@ -2,9 +2,12 @@
 
 Sealed jobs over Redis Streams: schema, codec (msgpack + zstd), envelope encryption with per-zone
 key providers, producer and consumer with consumer groups, dead-letter stream, results, and the
-client app backends use. Imports nothing else of ours.
+client app backends use, admission (backpressure), the cost ledger and the circuit breakers.
+Imports nothing else of ours.
 """
 
+from broker.admission import Admission, AdmissionPolicy, LaneLimits, TenantLimits, submit_paced
+from broker.breaker import Breaker, BreakerPolicy, ExponentialBackoff
 from broker.client import Client, sealer_from_settings
 from broker.codec import Codec
 from broker.consumer import Consumer, ConsumerStats, Delivery, Handler, Outcome
@@ -12,6 +15,7 @@ from broker.dead_letter import DeadLetter, DeadLetters
 from broker.embedded import EmbeddedRedis
 from broker.envelope import DataKeyCachePolicy, Envelope
 from broker.errors import (
+    AdmissionRefused,
     Backpressure,
     BudgetExceeded,
     ConfigError,
@@ -32,6 +36,7 @@ from broker.errors import (
 )
 from broker.keyring import KeyProvider, LocalKeyring
 from broker.keys import Lane
+from broker.ledger import BudgetMetrics, CostBreaker, Ledger, PriceTable
 from broker.message import Job, JobSpec, Sealer
 from broker.producer import Producer
 from broker.queues import LaneDepth, queue_depth
@@ -39,14 +44,21 @@ from broker.schema import JobHeader, JobPayload, JobResult
 from broker.settings import BrokerSettings, load_settings
 
 __all__ = [
+    "Admission",
+    "AdmissionPolicy",
+    "AdmissionRefused",
     "Backpressure",
+    "Breaker",
+    "BreakerPolicy",
     "BrokerSettings",
     "BudgetExceeded",
+    "BudgetMetrics",
     "Client",
     "Codec",
     "ConfigError",
     "Consumer",
     "ConsumerStats",
+    "CostBreaker",
     "DataKeyCachePolicy",
     "DeadLetter",
     "DeadLetters",
@@ -55,6 +67,7 @@ __all__ = [
     "EmbeddedRedis",
     "Envelope",
     "EnvelopeError",
+    "ExponentialBackoff",
     "Handler",
     "HybridError",
     "Job",
@@ -65,17 +78,21 @@ __all__ = [
     "KeyProvider",
     "Lane",
     "LaneDepth",
+    "LaneLimits",
+    "Ledger",
     "LocalKeyring",
     "MalformedMessage",
     "MessageError",
     "Outcome",
     "OversizedMessage",
     "PayloadTooLarge",
+    "PriceTable",
     "Producer",
     "RedisUnavailable",
     "ResultTimeout",
     "Sealer",
     "TamperedMessage",
+    "TenantLimits",
     "TooManyDeliveries",
     "UnknownKey",
     "UnsupportedSchema",
@@ -83,4 +100,5 @@ __all__ = [
     "load_settings",
     "queue_depth",
     "sealer_from_settings",
+    "submit_paced",
 ]

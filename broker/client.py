@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from broker import keys
+from broker.admission import Admission
 from broker.codec import Codec
 from broker.connection import connect, redis_errors
 from broker.envelope import DataKeyCachePolicy, Envelope
@@ -61,13 +62,14 @@ class Client:
         *,
         name: str | None = None,
         recheck_s: float = 1.0,
+        admission: Admission | None = None,
     ) -> None:
         self.redis = client
         self.sealer = sealer
         self.zone = keys.check_zone(zone)
         self.name = keys.check_name(name or f"c-{new_ulid().lower()}", "client name")
         self.reply_stream = keys.reply_stream(zone, self.name)
-        self.producer = Producer(client, sealer, zone, reply_to=self.name)
+        self.producer = Producer(client, sealer, zone, reply_to=self.name, admission=admission)
         self.recheck_s = recheck_s
         self._cursor = b"0-0"
 
@@ -100,6 +102,8 @@ class Client:
         return self.producer.submit(spec)
 
     def submit_many(self, specs: Iterable[JobSpec]) -> list[str]:
+        """Submit many; with an admission policy a refusal raises `Backpressure` (or `BudgetExceeded`)
+        whose `submitted` and `unsent` say which jobs went out and which the caller still holds."""
         return self.producer.submit_many(specs)
 
     # -- results ----------------------------------------------------------------------------------

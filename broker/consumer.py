@@ -4,7 +4,8 @@ Delivery is at-least-once:
 
     XREADGROUP (interactive first, then batch) → open → run → store result (SET NX) → XACK + XDEL
 
-with the last two steps in one Lua script per batch (`scripts.COMPLETE`). Entries idle longer than
+with the last two steps in one Lua script per batch (`scripts.COMPLETE`), which also takes each job
+out of its tenant's in-flight set (`broker.admission`). Entries idle longer than
 `min_idle_ms` in another consumer's pending list (a crashed or preempted worker) are taken over
 with XAUTOCLAIM; their delivery count comes from XPENDING. A message delivered more than
 `max_deliveries` times, or one that cannot be opened, decoded or validated, is moved to the
@@ -235,7 +236,7 @@ class Consumer:
                 stored = self.sealer.seal_result(h, self.name, delivery.received_ms, output=outcome)
             rkey = keys.result_key(self.zone, h.job_id)
             reply = keys.reply_stream(self.zone, h.reply_to) if h.reply_to else rkey
-            script_keys += [rkey, delivery.stream, reply]
+            script_keys += [rkey, delivery.stream, reply, keys.inflight_set(self.zone, h.tenant)]
             args += [delivery.entry_id, stored, h.job_id, 1 if h.reply_to else 0]
         with redis_errors():
             created = int(self._complete(keys=script_keys, args=args))

@@ -4,8 +4,9 @@
     ├── ConfigError                 bad settings, a keyring that may not be used
     ├── RedisUnavailable            the Redis server could not be reached
     ├── PayloadTooLarge             refused before anything is sent
-    ├── Backpressure                admission refused; carries retry_after_s
-    ├── BudgetExceeded              the cost breaker is open
+    ├── AdmissionRefused            a submit batch was refused; carries reason, retry_after_s, what was sent
+    │   ├── Backpressure            watermark, rate limit or in-flight cap (`reason`)
+    │   └── BudgetExceeded          the cost breaker of a scope is open
     ├── ResultTimeout               a result did not arrive in time
     └── MessageError                a message that cannot be used; carries a dead-letter `reason`
         ├── MalformedMessage        fields missing, not msgpack, not a valid header
@@ -22,6 +23,8 @@ A `MessageError` keeps the raw data it failed on and its cause, so the dead-lett
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class HybridError(Exception):
@@ -45,16 +48,31 @@ class PayloadTooLarge(HybridError):
         self.limit = limit
 
 
-class Backpressure(HybridError):
-    """Admission was refused; try again after `retry_after_s`."""
+class AdmissionRefused(HybridError):
+    """A submit batch was refused; nothing of it reached Redis. Try again after `retry_after_s`.
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    `reason` says which limit refused it (`watermark`, `rate`, `in_flight`, `budget`) and `limit`
+    names the lane, tenant or budget scope. A producer fills in `submitted` (job ids of earlier
+    batches of the same call, which did reach Redis) and `unsent` (every spec of the call that did
+    not), so the caller still holds everything it has not handed over."""
+
+    def __init__(
+        self, message: str, retry_after_s: float, *, reason: str = "", limit: str = "", unsent: list[Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason
+        self.limit = limit
+        self.submitted: list[str] = []
+        self.unsent: list[Any] = unsent if unsent is not None else []
 
 
-class BudgetExceeded(HybridError):
-    """The cost circuit breaker is open."""
+class Backpressure(AdmissionRefused):
+    """Admission was refused by a watermark, a rate limit or an in-flight cap."""
+
+
+class BudgetExceeded(AdmissionRefused):
+    """The cost circuit breaker of a scope (`global` or `tenant:<name>`) is open: cloud-bound jobs are refused."""
 
 
 class ResultTimeout(HybridError):
@@ -115,6 +133,7 @@ class TooManyDeliveries(MessageError):
 
 
 __all__ = [
+    "AdmissionRefused",
     "Backpressure",
     "BudgetExceeded",
     "ConfigError",

@@ -7,6 +7,13 @@ scripts that touch several of them stay legal on a cluster:
     hyb:{<zone>}:dlq                  dead-letter stream
     hyb:{<zone>}:result:<job_id>      sealed result (string, with a TTL)
     hyb:{<zone>}:reply:<name>         reply stream a producer reads to learn its results are ready
+    hyb:{<zone>}:adm                  admission state: paused flag per lane, token bucket per tenant (hash)
+    hyb:{<zone>}:inflight:<tenant>    a tenant's admitted, unfinished job ids, scored by lease expiry (zset)
+    hyb:{<zone>}:breaker              cost breaker state per scope (hash)
+    hyb:{<zone>}:budgets              budgets in USD per scope and window (hash)
+    hyb:{<zone>}:spend:<scope>        spend in micro-USD per minute bucket (hash); scope `global`, `tenant:<t>`
+    hyb:{<zone>}:workers              instance class and market each known worker reported (hash)
+    hyb:{<zone>}:ledger:flags         ledger writes from unknown workers, per worker (hash)
 """
 
 from __future__ import annotations
@@ -68,16 +75,51 @@ def reply_stream(zone: str, name: str) -> str:
     return f"{zone_prefix(zone)}:reply:{check_name(name, 'reply name')}"
 
 
+def admission_state(zone: str) -> str:
+    return f"{zone_prefix(zone)}:adm"
+
+
+def inflight_set(zone: str, tenant: str) -> str:
+    return f"{zone_prefix(zone)}:inflight:{tenant}"
+
+
+def breaker_state(zone: str) -> str:
+    return f"{zone_prefix(zone)}:breaker"
+
+
+def budgets(zone: str) -> str:
+    return f"{zone_prefix(zone)}:budgets"
+
+
+def spend(zone: str, scope: str) -> str:
+    return f"{zone_prefix(zone)}:spend:{scope}"
+
+
+def ledger_workers(zone: str) -> str:
+    return f"{zone_prefix(zone)}:workers"
+
+
+def ledger_flags(zone: str) -> str:
+    return f"{zone_prefix(zone)}:ledger:flags"
+
+
 __all__ = [
     "GROUP",
     "LANES_BY_PRIORITY",
     "PREFIX",
     "Lane",
+    "admission_state",
+    "breaker_state",
+    "budgets",
     "check_name",
     "check_zone",
     "dlq_stream",
+    "inflight_set",
     "jobs_stream",
+    "ledger_flags",
+    "ledger_workers",
     "reply_stream",
     "result_key",
+    "spend",
     "zone_prefix",
 ]

@@ -7,22 +7,35 @@ from collections.abc import Iterable
 import redis
 
 from broker import keys
+from broker.admission import Admission, Entry
 from broker.connection import ensure_group, redis_errors
 from broker.message import JobSpec, Sealer
 from broker.scripts import APPEND
 
 
 class Producer:
-    """Seals job specs for one zone and XADDs them (`submit_many` pipelines a whole chunk)."""
+    """Seals job specs for one zone and XADDs them (`submit_many` pipelines a whole chunk).
+
+    With an `admission` (`broker.admission.Admission`), each chunk goes through the ADMIT script
+    instead (every limit checked and the chunk appended in one call), and a refusal raises
+    `Backpressure`/`BudgetExceeded` listing what was sent and what was not."""
 
     def __init__(
-        self, client: redis.Redis, sealer: Sealer, zone: str, *, reply_to: str | None = None, chunk: int = 500
+        self,
+        client: redis.Redis,
+        sealer: Sealer,
+        zone: str,
+        *,
+        reply_to: str | None = None,
+        chunk: int = 500,
+        admission: Admission | None = None,
     ) -> None:
         self.client = client
         self.sealer = sealer
         self.zone = keys.check_zone(zone)
         self.reply_to = keys.check_name(reply_to, "reply name") if reply_to else None
         self.chunk = chunk
+        self.admission = admission
         self._grouped: set[str] = set()
         self._append = client.register_script(APPEND)
 
@@ -41,6 +54,8 @@ class Producer:
         fails the whole call with nothing enqueued. The sealed jobs then go out in pipelines of
         `chunk`; should Redis fail part-way, resubmitting with the same `job_id`s is safe — a job id
         has at most one result."""
+        if self.admission is not None:
+            return self._submit_admitted(self.admission, list(specs))
         sealed: list[tuple[str, bytes, bytes]] = []
         ids: list[str] = []
         for spec in specs:
@@ -51,6 +66,17 @@ class Producer:
             for i in range(0, len(sealed), self.chunk):
                 self._send(sealed[i : i + self.chunk])
         return ids
+
+    def _submit_admitted(self, admission: Admission, specs: list[JobSpec]) -> list[str]:
+        entries: list[Entry] = []
+        for spec in specs:
+            header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
+            entries.append(Entry(header.job_id, header.tenant, keys.jobs_stream(self.zone, header.lane), hb, body))
+        with redis_errors():
+            for stream in {e.stream for e in entries}:
+                self._ensure_group(stream)
+        admission.submit(entries, specs, self.chunk)
+        return [e.job_id for e in entries]
 
     def _send(self, batch: list[tuple[str, bytes, bytes]]) -> None:
         """Append one chunk with the APPEND script: all of it or none of it reaches the streams."""

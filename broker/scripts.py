@@ -7,16 +7,19 @@ legal on Redis Cluster. Sources live here, next to what they promise.
 from __future__ import annotations
 
 # Store results and acknowledge their jobs, for a whole batch at once.
-# KEYS: for job i: result_key, job_stream, reply_stream (the result key again when there is no reply)
+# KEYS: for job i: result_key, job_stream, reply_stream (the result key again when there is no reply),
+#       in-flight set of the job's tenant (see ADMIT)
 # ARGV: ttl_ms, group, reply_maxlen, then for job i: entry_id, stored_result, job_id, want_reply (0/1)
 # A result is written only if none exists (SET NX): a job run twice still has exactly one result,
 # and its producer is notified once. One notification entry per reply stream lists its job ids.
+# The job leaves its tenant's in-flight set (ZREM: idempotent, and a no-op for jobs admitted without
+# an admission policy).
 COMPLETE = """
 local ttl, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local created = 0
 local replies, order = {}, {}
-for i = 0, (#KEYS / 3) - 1 do
-  local rkey, stream, reply = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
+for i = 0, (#KEYS / 4) - 1 do
+  local rkey, stream, reply, inflight = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
   local eid, value, jid, want = ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4], ARGV[7 + i * 4]
   if redis.call('SET', rkey, value, 'NX', 'PX', ttl) then
     created = created + 1
@@ -30,6 +33,7 @@ for i = 0, (#KEYS / 3) - 1 do
   end
   redis.call('XACK', stream, group, eid)
   redis.call('XDEL', stream, eid)
+  redis.call('ZREM', inflight, jid)
 end
 for _, reply in ipairs(order) do
   redis.call('XADD', reply, 'MAXLEN', '~', maxlen, '*', 'jobs', table.concat(replies[reply], ','))
@@ -61,4 +65,102 @@ end
 return redis.call('XADD', KEYS[2], '*', unpack(fields))
 """
 
-__all__ = ["APPEND", "COMPLETE", "REPLAY"]
+# Admission of one submit batch, and its XADDs, in one step: many producers on many machines can
+# never overshoot a limit by a race, because the check and the append are one script.
+# KEYS: admission state hash, then the job stream of each lane in the batch (L of them), then the
+#       in-flight set of each tenant in the batch (T of them)
+# ARGV: now_ms ('' = the server's clock), L, T, lease_ms, watermark_retry_ms,
+#       per lane: high, low, count; per tenant: name, rate_per_s, burst, max_in_flight, count
+#       (rate or max_in_flight < 0: no such limit), then groups of jobs of one lane and tenant:
+#       lane_index, tenant_index, n, the n job ids joined by ',', then n times: h, b
+# Watermarks with hysteresis: a lane whose backlog (XLEN = undelivered + pending, because acknowledged
+# entries are deleted) reached `high` stays paused until it is back at or below `low`; an open lane
+# admits a batch while its backlog is under `high`, so it peaks below high + one batch.
+# Token bucket per tenant: `burst` tokens, refilled at `rate_per_s`, one token per job.
+# In-flight: job ids scored by lease expiry; expired leases (a dead-lettered job) no longer count.
+# Returns {1, peak_backlog} after appending every job, or {0, reason, limit, retry_after_ms} having
+# appended nothing and spent no token.
+ADMIT = """
+local state = KEYS[1]
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local nl, nt, lease, wretry = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local a, refusal, peak = 6, nil, 0
+for i = 1, nl do
+  local high, low, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local stream = KEYS[1 + i]
+  local backlog = redis.call('XLEN', stream)
+  local flag = 'paused:' .. stream
+  local paused = redis.call('HGET', state, flag) == '1'
+  if paused and backlog <= low then
+    redis.call('HDEL', state, flag)
+    paused = false
+  end
+  if not paused and backlog >= high then
+    redis.call('HSET', state, flag, '1')
+    paused = true
+  end
+  if paused and not refusal then refusal = {0, 'watermark', stream, wretry} end
+  if backlog + n > peak then peak = backlog + n end
+end
+local buckets = {}
+for j = 1, nt do
+  local name, rate, burst = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local cap, n = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  a = a + 5
+  if rate >= 0 then
+    local tk, tsk = 'tok:' .. name, 'ts:' .. name
+    local v = redis.call('HMGET', state, tk, tsk)
+    local tokens, ts = tonumber(v[1]), tonumber(v[2])
+    if not tokens then tokens, ts = burst, now end
+    if now > ts then
+      tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+      ts = now
+    end
+    if tokens < n and not refusal then
+      local wait = 3600000
+      if rate > 0 and n <= burst then wait = math.ceil((n - tokens) * 1000 / rate) end
+      refusal = {0, 'rate', name, wait}
+    end
+    buckets[#buckets + 1] = {tk, tokens - n, tsk, ts}
+  end
+  if cap >= 0 then
+    local set = KEYS[1 + nl + j]
+    redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+    if redis.call('ZCARD', set) + n > cap and not refusal then refusal = {0, 'in_flight', name, wretry} end
+  end
+end
+if refusal then return refusal end
+for _, b in ipairs(buckets) do
+  redis.call('HSET', state, b[1], tostring(b[2]), b[3], tostring(b[4]))
+end
+local expiry = now + lease
+while a <= #ARGV do
+  local li, ti, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local stream, jids = KEYS[1 + li], ARGV[a + 3]
+  a = a + 4
+  for k = a, a + 2 * n - 1, 2 do
+    redis.call('XADD', stream, '*', 'h', ARGV[k], 'b', ARGV[k + 1])
+  end
+  a = a + 2 * n
+  if tonumber(ARGV[5 + nl * 3 + (ti - 1) * 5 + 4]) >= 0 then
+    local leases = {}
+    for jid in string.gmatch(jids, '[^,]+') do
+      leases[#leases + 1] = expiry
+      leases[#leases + 1] = jid
+      if #leases >= 1000 then
+        redis.call('ZADD', KEYS[1 + nl + ti], unpack(leases))
+        leases = {}
+      end
+    end
+    if #leases > 0 then redis.call('ZADD', KEYS[1 + nl + ti], unpack(leases)) end
+  end
+end
+return {1, peak}
+"""
+
+__all__ = ["ADMIT", "APPEND", "COMPLETE", "REPLAY"]

@@ -6,10 +6,12 @@ Unknown keys are refused, never ignored. `REDIS_URL` is accepted as well as `HYB
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+import yaml
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -77,4 +79,26 @@ def load_settings(**overrides: Any) -> BrokerSettings:
         raise ConfigError(f"cannot read settings: {exc}") from None
 
 
-__all__ = ["BrokerSettings", "load_settings"]
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model_file(path: Path | str, model: type[M]) -> M:
+    """A pydantic model from a TOML (`.toml`) or YAML file; any defect → `ConfigError` naming the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: does not parse: {' '.join(str(exc).split())}") from None
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: field {loc}: {first['msg']}{more}") from None
+
+
+__all__ = ["BrokerSettings", "load_model_file", "load_settings"]

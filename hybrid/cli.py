@@ -23,9 +23,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hybrid import commands_broker, demo, policy_cli
+    from hybrid import commands_broker, commands_budget, demo, policy_cli
 
     commands_broker.register(cli)
+    commands_budget.register(cli)
     cli.add_command(demo.demo)
     cli.add_command(policy_cli.policy)
 
