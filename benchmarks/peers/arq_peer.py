@@ -28,7 +28,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import arq
 import redis
@@ -36,49 +35,28 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import result_key_prefix
 from arq.jobs import Job, JobStatus, deserialize_result
 from arq.worker import run_worker
+from runner_common import (
+    CHECK_CHUNK,
+    POLL_S,
+    BenchFailure,
+    log_tail,
+    make_payload,
+    on_sigterm,
+    stop_worker,
+    url_with_db,
+)
 
 PEER = "arq"
 DEFAULT_DB = 14
 POLL_DELAY_S = 0.005
 MAX_JOBS = 100
 ENQUEUE_CONCURRENCY = 32
-POLL_S = 0.005
-CHECK_CHUNK = 256
-STOP_GRACE_S = 10.0
 RESULT_TTL_S = 600
 
 
 async def noop(ctx: dict[str, Any], arg: str) -> int:
     """The benchmark job: trivial on purpose, so that only queue overhead is measured."""
     return len(arg)
-
-
-class BenchFailure(Exception):
-    pass
-
-
-def url_with_db(url: str, db: int) -> str:
-    """`url` pointed at database `db` (db < 0 keeps the URL's own)."""
-    if db < 0:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
-        return urlunsplit(parts._replace(query=urlencode(query)))
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def make_payload(size: int) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return (alphabet * (size // len(alphabet) + 1))[:size]
-
-
-def log_tail(path: Path, limit: int = 3000) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def worker_main(url: str, queue_name: str) -> None:
@@ -117,18 +95,6 @@ async def wait_for_keys(
                 stored += await pool.exists(*keys[first : first + 1000])
             raise BenchFailure(f"{what}: timed out with {stored}/{len(keys)} results stored")
         await asyncio.sleep(POLL_S)
-
-
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM makes arq shut down gracefully (it removes its health-check key); SIGKILL if it lingers."""
-    if worker.poll() is not None:
-        return
-    worker.terminate()
-    try:
-        worker.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
 
 
 async def cleanup(pool: ArqRedis, token: str) -> int:
@@ -265,12 +231,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "enqueue_seconds": round(phases["enqueue"], 6),
         "config": config,
     }
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    """The caller gave up on us: unwind through the finally blocks (stop the worker, delete our keys)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-    raise BenchFailure("terminated (SIGTERM)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import celery
 import kombu
@@ -37,48 +36,26 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 from redis import Redis
+from runner_common import (
+    BenchFailure,
+    log_tail,
+    make_payload,
+    on_sigterm,
+    stop_worker,
+    url_with_db,
+    wait_for_keys,
+)
 
 PEER = "celery"
 DEFAULT_DB = 15
 PREFETCH_MULTIPLIER = 64
 TASK_NAME = "bench.noop"
-POLL_S = 0.005
-CHECK_CHUNK = 256
-STOP_GRACE_S = 10.0
 RESULT_TTL_S = 600
 
 
 def noop(arg: str) -> int:
     """The benchmark task: trivial on purpose, so that only queue overhead is measured."""
     return len(arg)
-
-
-class BenchFailure(Exception):
-    pass
-
-
-def url_with_db(url: str, db: int) -> str:
-    """`url` pointed at database `db` (db < 0 keeps the URL's own)."""
-    if db < 0:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
-        return urlunsplit(parts._replace(query=urlencode(query)))
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def make_payload(size: int) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return (alphabet * (size // len(alphabet) + 1))[:size]
-
-
-def log_tail(path: Path, limit: int = 3000) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def names(token: str) -> tuple[str, str]:
@@ -132,42 +109,6 @@ def worker_argv(token: str) -> list[str]:
 def worker_main(url: str, token: str) -> None:
     app, _ = make_app(url, token)
     app.worker_main(argv=worker_argv(token))
-
-
-def wait_for_keys(
-    client: Redis,
-    keys: list[bytes],
-    deadline: float,
-    worker: subprocess.Popen[bytes],
-    what: str,
-) -> None:
-    """Block until every key exists, checking them in order a chunk at a time (results arrive ~FIFO)."""
-    done = 0
-    while done < len(keys):
-        chunk = keys[done : done + CHECK_CHUNK]
-        if client.exists(*chunk) == len(chunk):
-            done += len(chunk)
-            continue
-        if worker.poll() is not None:
-            raise BenchFailure(f"{what}: the worker exited (status {worker.returncode}) at {done}/{len(keys)}")
-        if time.monotonic() > deadline:
-            stored = done
-            for first in range(done, len(keys), 1000):
-                stored += client.exists(*keys[first : first + 1000])
-            raise BenchFailure(f"{what}: timed out with {stored}/{len(keys)} results stored")
-        time.sleep(POLL_S)
-
-
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM is Celery's warm shutdown; SIGKILL if it lingers."""
-    if worker.poll() is not None:
-        return
-    worker.terminate()
-    try:
-        worker.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
 
 
 def cleanup(client: Redis, token: str) -> int:
@@ -270,12 +211,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "enqueue_seconds": round(phases["enqueue"], 6),
         "config": config,
     }
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    """The caller gave up on us: unwind through the finally blocks (stop the worker, delete our keys)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-    raise BenchFailure("terminated (SIGTERM)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,20 +27,25 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import rq
 from redis import Redis
 from rq import Queue
 from rq.results import Result
+from runner_common import (
+    BenchFailure,
+    log_tail,
+    make_payload,
+    on_sigterm,
+    stop_worker,
+    url_with_db,
+    wait_for_keys,
+)
 
 PEER = "rq"
 DEFAULT_DB = 13
 ENQUEUE_BATCH = 100
-POLL_S = 0.005
-CHECK_CHUNK = 256
-STOP_GRACE_S = 10.0
 HERE = Path(__file__).resolve().parent
 
 # Where RQ stores a job's results (a stream per job); rq's own helper, typed for mypy.
@@ -50,70 +55,6 @@ result_key: Callable[[str], str] = Result.get_key
 def noop(arg: str) -> int:
     """The benchmark job: trivial on purpose, so that only queue overhead is measured."""
     return len(arg)
-
-
-class BenchFailure(Exception):
-    pass
-
-
-def url_with_db(url: str, db: int) -> str:
-    """`url` pointed at database `db` (db < 0 keeps the URL's own)."""
-    if db < 0:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
-        return urlunsplit(parts._replace(query=urlencode(query)))
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def make_payload(size: int) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return (alphabet * (size // len(alphabet) + 1))[:size]
-
-
-def log_tail(path: Path, limit: int = 3000) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def wait_for_keys(
-    client: Redis,
-    keys: list[str],
-    deadline: float,
-    worker: subprocess.Popen[bytes],
-    what: str,
-) -> None:
-    """Block until every key exists, checking them in order a chunk at a time (results arrive ~FIFO)."""
-    done = 0
-    while done < len(keys):
-        chunk = keys[done : done + CHECK_CHUNK]
-        if client.exists(*chunk) == len(chunk):
-            done += len(chunk)
-            continue
-        if worker.poll() is not None:
-            raise BenchFailure(f"{what}: the worker exited (status {worker.returncode}) at {done}/{len(keys)}")
-        if time.monotonic() > deadline:
-            stored = done
-            for first in range(done, len(keys), 1000):
-                stored += client.exists(*keys[first : first + 1000])
-            raise BenchFailure(f"{what}: timed out with {stored}/{len(keys)} results stored")
-        time.sleep(POLL_S)
-
-
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM is RQ's warm shutdown (the worker deregisters itself); SIGKILL if it lingers."""
-    if worker.poll() is not None:
-        return
-    worker.terminate()
-    try:
-        worker.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
 
 
 def cleanup(client: Redis, token: str, queue_key: str, worker_key: str) -> int:
@@ -241,12 +182,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "enqueue_seconds": round(phases["enqueue"], 6),
         "config": config,
     }
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    """The caller gave up on us: unwind through the finally blocks (stop the worker, delete our keys)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-    raise BenchFailure("terminated (SIGTERM)")
 
 
 def main(argv: list[str] | None = None) -> int:
