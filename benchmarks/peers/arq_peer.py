@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -41,7 +40,7 @@ from runner_common import (
     BenchFailure,
     log_tail,
     make_payload,
-    on_sigterm,
+    peer_main,
     stop_worker,
     url_with_db,
 )
@@ -234,31 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=0)
-    parser.add_argument("--payload-bytes", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline for all waits, seconds")
-    parser.add_argument("--db", type=int, default=DEFAULT_DB, help="Redis database to use (-1: the URL's)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--queue", help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true", help="print phase timings to stderr")
-    args = parser.parse_args(argv)
-    if args.worker:
-        if not args.queue:
-            parser.error("--worker needs --queue")
-        worker_main(args.redis_url, args.queue)
-        return 0
-    if args.jobs < 1 or args.payload_bytes < 0:
-        parser.error("--jobs must be >= 1 and --payload-bytes >= 0")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        result = run(args)
-    except BenchFailure as exc:
-        print(f"{PEER}_peer: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
+    return int(peer_main(PEER, __doc__, DEFAULT_DB, run, worker=("queue", worker_main), argv=argv))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -40,7 +39,7 @@ from runner_common import (
     BenchFailure,
     log_tail,
     make_payload,
-    on_sigterm,
+    peer_main,
     stop_worker,
     url_with_db,
     wait_for_keys,
@@ -214,31 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=0)
-    parser.add_argument("--payload-bytes", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline for all waits, seconds")
-    parser.add_argument("--db", type=int, default=DEFAULT_DB, help="Redis database to use (-1: the URL's)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--token", help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true", help="print phase timings to stderr")
-    args = parser.parse_args(argv)
-    if args.worker:
-        if not args.token:
-            parser.error("--worker needs --token")
-        worker_main(args.redis_url, args.token)
-        return 0
-    if args.jobs < 1 or args.payload_bytes < 0:
-        parser.error("--jobs must be >= 1 and --payload-bytes >= 0")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        result = run(args)
-    except BenchFailure as exc:
-        print(f"{PEER}_peer: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
+    return int(peer_main(PEER, __doc__, DEFAULT_DB, run, worker=("token", worker_main), argv=argv))
 
 
 if __name__ == "__main__":

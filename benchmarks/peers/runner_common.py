@@ -3,10 +3,13 @@ only there), so this sits beside them and is imported by its file name, not as a
 
 from __future__ import annotations
 
+import argparse
+import json
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -85,3 +88,45 @@ def on_sigterm(signum: int, frame: object) -> None:
     """The caller gave up on us: unwind through the finally blocks (stop the worker, delete our keys)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
     raise BenchFailure("terminated (SIGTERM)")
+
+
+WorkerEntry = tuple[str, Callable[[str, str], None]]
+"""(option name, function): the runner's worker is this script started again with `--worker --<option> V`."""
+
+
+def peer_main(
+    peer: str,
+    doc: str | None,
+    default_db: int,
+    run: Callable[[argparse.Namespace], dict[str, object]],
+    *,
+    worker: WorkerEntry | None = None,
+    argv: list[str] | None = None,
+) -> int:
+    """The command line every runner has: parse, run (or be the worker), print one JSON line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--jobs", type=int, default=0)
+    parser.add_argument("--payload-bytes", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline for all waits, seconds")
+    parser.add_argument("--db", type=int, default=default_db, help="Redis database to use (-1: the URL's)")
+    parser.add_argument("--verbose", action="store_true", help="print phase timings to stderr")
+    if worker is not None:
+        parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument(f"--{worker[0]}", dest="worker_arg", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if worker is not None and args.worker:
+        if not args.worker_arg:
+            parser.error(f"--worker needs --{worker[0]}")
+        worker[1](args.redis_url, args.worker_arg)
+        return 0
+    if args.jobs < 1 or args.payload_bytes < 0:
+        parser.error("--jobs must be >= 1 and --payload-bytes >= 0")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = run(args)
+    except BenchFailure as exc:
+        print(f"{peer}_peer: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
