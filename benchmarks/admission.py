@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,11 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.broker import essay_text
+from benchmarks.report import machine, write_result
 from broker import keys
 from broker.admission import Admission, AdmissionPolicy, Entry
 from broker.codec import Codec
@@ -300,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "with_admission_per_cpu_s": round(cpu_with, 1),
         "cpu_ratio": round(cpu_with / cpu_without, 3),
         "check": check,
+        "peak_backlog": overload["peak_backlog"],  # the keys, at the top; details under "overload"
+        "lost": overload["lost"],
         "overload": overload,
         "config": {
             "mode": "quick" if args.quick else "full",
@@ -308,12 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             "payload_bytes": len(text.encode()),
             "chunk": CHUNK,
             "redis_version": version,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "redis_py": redis.__version__,
+            **machine(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_result(args.out, result)
     print_table(result)
     console.log(f"wrote {args.out}")
     return 0

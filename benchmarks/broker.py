@@ -12,9 +12,7 @@ table and writes JSON: top-level keys for 1 KB payloads, the same keys under `kb
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -25,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.peers import PEERS, PeerError, run_peer
+from benchmarks.report import machine, write_result
 from broker import keys
 from broker.client import Client
 from broker.codec import Codec
@@ -278,14 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                 "e2e_jobs": n_e2e,
                 "peer_jobs": n_peer,
                 "redis_version": server.version(),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                "redis_py": redis.__version__,
+                **machine(),
                 "ours": f"submit_many appends {CHUNK} jobs per Lua call; one worker process reading {READ}/XREADGROUP; "
                 "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
             },
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_result(args.out, result)
     print_table(result)
     console.log(f"wrote {args.out}")
     return 0
