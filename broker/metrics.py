@@ -1,0 +1,559 @@
+"""Queue metrics read from Redis: what an SRE watches, per zone and lane, as data and as Prometheus text.
+
+`QueueMetrics.sample()` reads every zone it was given and returns a `Snapshot`; it never raises for
+Redis trouble (closed port, a server that is not Redis, refused commands) — the snapshot then says
+`redis_up=False` with the reason, and the next sample tries again. `QueueMetrics` is also a
+Prometheus collector: `exposition()` renders the latest sample (`hybrid_redis_up 0` when Redis is
+gone, never a failed scrape).
+
+Per lane (stream `hyb:{<zone>}:jobs:<lane>`, group `workers`):
+
+- backlog = XLEN (acknowledged entries are deleted, so this is waiting + pending), pending from
+  XPENDING, lag = XLEN - pending (Redis 6.2 has no `lag` in XINFO GROUPS; 7's may be null);
+- oldest ages come from entry ids (their milliseconds are the Redis server's clock at XADD) against
+  the server's TIME: the oldest entry, the oldest never delivered (after the group's
+  last-delivered-id), the oldest pending (XPENDING's smallest id);
+- consumers of the group, and those active (XINFO CONSUMERS idle under `active_idle_s`);
+- throughput: `added` and `removed` entries. On Redis ≥ 7 `added` is XINFO STREAM's entries-added
+  (exact, counted by Redis since the stream was created) and removed = added - XLEN. Redis 6.2 has
+  no such counter: the collector keeps a running count of entries newer than the last
+  last-generated-id it saw, so an entry added *and* removed between two samples is missed by both
+  counts (they stay consistent: added - removed = XLEN - XLEN at the first sample). `exact_counts`
+  says which one a sample used.
+
+Per zone: the dead-letter stream's size and, among its newest `dlq_window` entries, counts per
+reason code (a code only — anything that is not shaped like one is reported as `other`); spend,
+budgets and breaker state of every scope (`broker.ledger.CostBreaker.status`); the edge fleet from a
+device registry key if `broker.keys` defines one (absent: no fleet figures).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker import keys
+from broker.breaker import STATE_VALUE, State
+from broker.errors import ConfigError
+from broker.ledger import CostBreaker, Ledger
+
+_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# One call per lane, returning ids and numbers only (no entry bodies cross the network):
+# {XLEN, last-generated-id, entries-added or -1, first id, first undelivered id, new entries, last new id}
+# KEYS[1] stream; ARGV: last-delivered-id of the group ('' = no group), previous last id ('' = none), page size
+_LANE_SCRIPT = """
+local s = KEYS[1]
+if redis.call('EXISTS', s) == 0 then return {0, '', -1, '', '', 0, ''} end
+local len = redis.call('XLEN', s)
+local info = redis.call('XINFO', 'STREAM', s)
+local last, added = '', -1
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+  if info[i] == 'entries-added' then added = info[i + 1] end
+end
+local first, undelivered = '', ''
+local r = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
+if #r > 0 then first = r[1][1] end
+if ARGV[1] ~= '' then
+  r = redis.call('XRANGE', s, '(' .. ARGV[1], '+', 'COUNT', 1)
+  if #r > 0 then undelivered = r[1][1] end
+else
+  undelivered = first
+end
+local n, newest = 0, ''
+if added == -1 and ARGV[2] ~= '' then
+  r = redis.call('XRANGE', s, '(' .. ARGV[2], '+', 'COUNT', tonumber(ARGV[3]))
+  n = #r
+  if n > 0 then newest = r[n][1] end
+end
+return {len, last, added, first, undelivered, n, newest}
+"""
+_PAGE = 5000
+
+
+def _ms_of(entry_id: str | bytes | None) -> int | None:
+    if not entry_id:
+        return None
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        return int(text.split("-")[0])
+    except ValueError:
+        return None
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _age_s(now_ms: int, entry_id: str | bytes | None) -> float:
+    ms = _ms_of(entry_id)
+    return 0.0 if ms is None else max(now_ms - ms, 0) / 1000
+
+
+def reason_label(reason: str) -> str:
+    """A dead-letter reason as a label value: the code if it looks like one, else `other`."""
+    return reason if _REASON_RE.match(reason) else "other"
+
+
+@dataclass(frozen=True)
+class LaneStats:
+    zone: str
+    lane: str
+    backlog: int  # XLEN: waiting + pending
+    pending: int  # delivered, not acknowledged (XPENDING)
+    lag: int  # never delivered: backlog - pending
+    consumers: int
+    consumers_active: int  # idle under the active window
+    oldest_age_s: float  # oldest entry in the stream (0 when empty)
+    oldest_waiting_age_s: float  # oldest never delivered
+    oldest_pending_age_s: float  # oldest delivered, unacknowledged
+    added_total: int
+    removed_total: int
+
+
+@dataclass(frozen=True)
+class DeadLetterStats:
+    zone: str
+    entries: int
+    window: int  # how many of the newest entries `reasons` counts
+    reasons: dict[str, int]  # reason code → count among the newest `window`
+    newest: list[dict[str, Any]]  # up to 10 newest: reason, failed_ms, lane, deliveries (no ids, no content)
+
+
+@dataclass(frozen=True)
+class ScopeBudget:
+    zone: str
+    scope: str
+    state: str  # closed, half_open, open
+    forced: bool
+    spend_usd: dict[str, float]  # by window
+    budget_usd: dict[str, float]  # by window, where a budget is set
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    zone: str
+    key: str
+    devices: int
+    online: int | None  # devices seen within the online window, when the registry tells
+
+
+@dataclass
+class Snapshot:
+    taken_ms: int
+    redis_up: bool
+    error: str = ""
+    redis_version: str = ""
+    exact_counts: bool = False
+    zones: list[str] = field(default_factory=list)
+    lanes: list[LaneStats] = field(default_factory=list)
+    dlq: list[DeadLetterStats] = field(default_factory=list)
+    budgets: list[ScopeBudget] = field(default_factory=list)
+    fleet: list[FleetStats] = field(default_factory=list)
+    scrape_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_redis_error(url: str, exc: BaseException) -> str:
+    """One plain sentence about why Redis could not be read."""
+    where = redacted(url)
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError):
+        return f"Redis at {where} refused our credentials: {text}"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        low = text.lower()
+        if "protocol" in low or "invalid" in low or "reply" in low:
+            return f"the server at {where} does not speak the Redis protocol (is it Redis?): {text}"
+        return f"Redis at {where} is not reachable: {text}"
+    if isinstance(exc, redis.ResponseError):
+        return f"Redis at {where} refused a read (wrong server, or an ACL without stream reads?): {text}"
+    return f"reading Redis at {where} failed: {type(exc).__name__}: {text}"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+def connect_for_metrics(url: str, timeout_s: float = 3.0) -> redis.Redis:
+    """A client with short timeouts: a hung or foreign server must not stall a scrape for long."""
+    try:
+        return redis.Redis.from_url(
+            url, decode_responses=False, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {exc}") from None
+
+
+def _device_registry_keys(zone: str) -> list[str]:
+    """Device registry keys `broker.keys` defines (a one-argument function with `device` in its name)."""
+    out: list[str] = []
+    for name in getattr(keys, "__all__", []):
+        if "device" not in name:
+            continue
+        fn = getattr(keys, name, None)
+        if not callable(fn):
+            continue
+        try:
+            key = fn(zone)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(key, str):
+            out.append(key)
+    return out
+
+
+class QueueMetrics(Collector):
+    """Samples queue figures of `zones` from Redis and exposes them (a prometheus_client collector)."""
+
+    def __init__(
+        self,
+        url: str,
+        zones: Sequence[str],
+        *,
+        active_idle_s: float = 60.0,
+        online_s: float = 120.0,
+        dlq_window: int = 1000,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if not zones:
+            raise ConfigError("give at least one zone to watch")
+        self.url = url
+        self.zones = [keys.check_zone(z) for z in zones]
+        self.active_idle_ms = int(active_idle_s * 1000)
+        self.online_ms = int(online_s * 1000)
+        self.dlq_window = dlq_window
+        self.client = client if client is not None else connect_for_metrics(url)
+        self._lane_script = self.client.register_script(_LANE_SCRIPT)
+        self._lock = threading.Lock()
+        self._last_id: dict[str, str] = {}  # Redis 6.2 running counts: newest id seen per stream
+        self._counts: dict[str, list[int]] = {}  # stream → [added, removed] (6.2)
+        self._prev_len: dict[str, int] = {}
+        self._failures = 0
+        self.latest: Snapshot = Snapshot(taken_ms=0, redis_up=False, error="not sampled yet", zones=self.zones)
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    def sample(self) -> Snapshot:
+        """Read everything once; on any Redis failure return a snapshot saying so (never raises for it)."""
+        started = time.monotonic()
+        with self._lock:
+            try:
+                snap = self._read()
+            except (redis.RedisError, OSError) as exc:
+                self._failures += 1
+                self.client.connection_pool.disconnect()
+                snap = Snapshot(
+                    taken_ms=time.time_ns() // 1_000_000,
+                    redis_up=False,
+                    error=describe_redis_error(self.url, exc),
+                    zones=self.zones,
+                )
+            snap.scrape_s = time.monotonic() - started
+            self.latest = snap
+            return snap
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    def _read(self) -> Snapshot:
+        c = self.client
+        info: Any = c.info("server")
+        version = _s(info.get("redis_version", "")) if isinstance(info, dict) else ""
+        sec, usec = c.time()
+        now = int(sec) * 1000 + int(usec) // 1000
+        snap = Snapshot(taken_ms=now, redis_up=True, redis_version=version, zones=self.zones)
+        exact = True
+        for zone in self.zones:
+            for lane in keys.LANES_BY_PRIORITY:
+                stats, lane_exact = self._lane(zone, lane.value, now)
+                exact = exact and lane_exact
+                snap.lanes.append(stats)
+            snap.dlq.append(self._dlq(zone))
+            snap.budgets += self._budgets(zone, now)
+            snap.fleet += self._fleet(zone, now)
+        snap.exact_counts = exact
+        return snap
+
+    def _lane(self, zone: str, lane: str, now: int) -> tuple[LaneStats, bool]:
+        c = self.client
+        stream = keys.jobs_stream(zone, lane)
+        pending = consumers = active = 0
+        last_delivered = ""
+        oldest_pending: Any = None
+        groups: Any = []
+        try:
+            groups = c.xinfo_groups(stream)
+        except redis.ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+        group = next((g for g in groups if _s(g.get("name")) == keys.GROUP), None)
+        if group is not None:
+            last_delivered = _s(group.get("last-delivered-id", ""))
+            consumers = int(group.get("consumers", 0))
+            summary: Any = c.xpending(stream, keys.GROUP)
+            pending = int(summary.get("pending", 0))
+            oldest_pending = summary.get("min") if pending else None
+            if consumers:
+                rows: Any = c.xinfo_consumers(stream, keys.GROUP)
+                active = sum(1 for row in rows if int(row.get("idle", 0)) < self.active_idle_ms)
+        prev = self._last_id.get(stream, "")
+        res: Any = self._lane_script(keys=[stream], args=[last_delivered if group else "", prev, _PAGE])
+        length, last_gen, added = int(res[0]), _s(res[1]), int(res[2])
+        first, undelivered, new, newest = _s(res[3]), _s(res[4]), int(res[5]), _s(res[6])
+        while new and new % _PAGE == 0 and newest:  # a full page: read on (6.2 only)
+            more: Any = self._lane_script(keys=[stream], args=[last_delivered if group else "", newest, _PAGE])
+            if not int(more[5]):
+                break
+            new += int(more[5])
+            newest = _s(more[6])
+        exact = added >= 0 or (length == 0 and not last_gen)
+        if added >= 0:
+            added_total, removed_total = added, max(added - length, 0)
+        else:
+            counts = self._counts.setdefault(stream, [0, 0])
+            if prev:
+                counts[0] += new
+                counts[1] += max(self._prev_len.get(stream, 0) + new - length, 0)
+            added_total, removed_total = counts
+        if last_gen:
+            self._last_id[stream] = last_gen
+        self._prev_len[stream] = length
+        return (
+            LaneStats(
+                zone=zone,
+                lane=lane,
+                backlog=length,
+                pending=pending,
+                lag=max(length - pending, 0),
+                consumers=consumers,
+                consumers_active=active,
+                oldest_age_s=_age_s(now, first),
+                oldest_waiting_age_s=_age_s(now, undelivered),
+                oldest_pending_age_s=_age_s(now, oldest_pending),
+                added_total=added_total,
+                removed_total=removed_total,
+            ),
+            exact,
+        )
+
+    def _dlq(self, zone: str) -> DeadLetterStats:
+        c = self.client
+        stream = keys.dlq_stream(zone)
+        pipe = c.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.xrevrange(stream, count=self.dlq_window)
+        size, rows = pipe.execute()
+        reasons: dict[str, int] = {}
+        newest: list[dict[str, Any]] = []
+        for _eid, f in rows:
+            reason = reason_label(_s(f.get(b"reason", b"")))
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if len(newest) < 10:
+                source = _s(f.get(b"source", b""))
+                lane = source.rsplit(":", 1)[-1] if source.startswith(keys.zone_prefix(zone)) else ""
+                newest.append(
+                    {
+                        "reason": reason,
+                        "failed_ms": int(f.get(b"failed_ms", b"0") or 0),
+                        "lane": lane if lane in {ln.value for ln in keys.LANES_BY_PRIORITY} else "",
+                        "deliveries": int(f.get(b"deliveries", b"0") or 0),
+                    }
+                )
+        return DeadLetterStats(zone, int(size), self.dlq_window, reasons, newest)
+
+    def _budgets(self, zone: str, now: int) -> list[ScopeBudget]:
+        ledger = Ledger(self.client, zone, clock=lambda: now)
+        try:
+            status = CostBreaker(ledger, clock=lambda: now).status()
+        except redis.ResponseError:  # e.g. an ACL user without hash writes (status prunes old buckets)
+            return []
+        return [
+            ScopeBudget(
+                zone=zone,
+                scope=s.scope,
+                state=s.state.value,
+                forced=s.forced is not None,
+                spend_usd=dict(s.spend),
+                budget_usd=dict(s.budget),
+            )
+            for s in status
+        ]
+
+    def _fleet(self, zone: str, now: int) -> list[FleetStats]:
+        out: list[FleetStats] = []
+        for key in _device_registry_keys(zone):
+            kind = _s(self.client.type(key))
+            if kind == "none":
+                continue
+            if kind == "zset":
+                total = int(self.client.zcard(key))
+                recent = int(self.client.zcount(key, now - self.online_ms, "+inf"))
+                # scores are heartbeat times in ms if they look like it; otherwise no online figure
+                out.append(FleetStats(zone, key, total, recent if self._looks_like_ms(key) else None))
+            elif kind == "hash":
+                out.append(FleetStats(zone, key, int(self.client.hlen(key)), None))
+            elif kind == "set":
+                out.append(FleetStats(zone, key, int(self.client.scard(key)), None))
+            elif kind == "stream":
+                out.append(FleetStats(zone, key, int(self.client.xlen(key)), None))
+        return out
+
+    def _looks_like_ms(self, key: str) -> bool:
+        top: Any = self.client.zrevrange(key, 0, 0, withscores=True)
+        return bool(top) and float(top[0][1]) > 1e12
+
+    # -- exposition -------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.latest, self._failures)
+
+    def exposition(self, refresh: bool = True) -> bytes:
+        """Prometheus text format of a fresh sample (or of the latest with `refresh=False`)."""
+        if refresh:
+            self.sample()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)
+
+
+def families(snap: Snapshot, failures: int = 0) -> Iterable[Metric]:
+    """The metric families of one snapshot (used by the collector; exposed for tests and other servers)."""
+    up = GaugeMetricFamily("hybrid_redis_up", "1 if the last sample could read Redis, else 0.")
+    up.add_metric([], 1.0 if snap.redis_up else 0.0)
+    yield up
+    errors = CounterMetricFamily("hybrid_exporter_redis_errors", "Samples that could not read Redis.")
+    errors.add_metric([], failures)
+    yield errors
+    took = GaugeMetricFamily("hybrid_exporter_sample_duration_seconds", "Time the last sample took.")
+    took.add_metric([], snap.scrape_s)
+    yield took
+    if not snap.redis_up:
+        return
+    exact = GaugeMetricFamily(
+        "hybrid_queue_counts_exact",
+        "1 when throughput counters come from Redis (>= 7, entries-added), 0 for the exporter's running count (6.2).",
+    )
+    exact.add_metric([], 1.0 if snap.exact_counts else 0.0)
+    yield exact
+
+    lane_labels = ["zone", "lane"]
+    gauges = {
+        "backlog": ("hybrid_queue_backlog", "Entries in the lane's stream: waiting plus pending (XLEN)."),
+        "pending": ("hybrid_queue_pending", "Delivered to a worker, not yet acknowledged (XPENDING)."),
+        "lag": ("hybrid_queue_lag", "Never delivered to any consumer of the group: backlog minus pending."),
+        "consumers": ("hybrid_queue_consumers", "Consumers known to the lane's group."),
+        "consumers_active": ("hybrid_queue_consumers_active", "Consumers that read within the active window."),
+        "oldest_age_s": ("hybrid_queue_oldest_age_seconds", "Age of the oldest entry (waiting or pending)."),
+        "oldest_waiting_age_s": (
+            "hybrid_queue_oldest_waiting_age_seconds",
+            "Age of the oldest entry never delivered.",
+        ),
+        "oldest_pending_age_s": (
+            "hybrid_queue_oldest_pending_age_seconds",
+            "Age of the oldest delivered, unacknowledged entry.",
+        ),
+    }
+    for attr, (name, doc) in gauges.items():
+        fam = GaugeMetricFamily(name, doc, labels=lane_labels)
+        for ln in snap.lanes:
+            fam.add_metric([ln.zone, ln.lane], float(getattr(ln, attr)))
+        yield fam
+    added = CounterMetricFamily("hybrid_queue_entries_added", "Jobs appended to the lane.", labels=lane_labels)
+    removed = CounterMetricFamily(
+        "hybrid_queue_entries_removed",
+        "Jobs that left the lane: completed, dead-lettered or dropped (added minus backlog).",
+        labels=lane_labels,
+    )
+    for ln in snap.lanes:
+        added.add_metric([ln.zone, ln.lane], ln.added_total)
+        removed.add_metric([ln.zone, ln.lane], ln.removed_total)
+    yield added
+    yield removed
+
+    dlq = GaugeMetricFamily("hybrid_dlq_entries", "Entries in the zone's dead-letter stream.", labels=["zone"])
+    by_reason = GaugeMetricFamily(
+        "hybrid_dlq_recent_entries",
+        "Dead letters by reason code among the newest (window) entries.",
+        labels=["zone", "reason"],
+    )
+    newest = GaugeMetricFamily(
+        "hybrid_dlq_last_failure_timestamp_seconds",
+        "When the newest dead letter of each reason failed (Unix time).",
+        labels=["zone", "reason"],
+    )
+    for d in snap.dlq:
+        dlq.add_metric([d.zone], d.entries)
+        for reason, n in sorted(d.reasons.items()):
+            by_reason.add_metric([d.zone, reason], n)
+        seen: dict[str, int] = {}
+        for row in d.newest:
+            seen.setdefault(row["reason"], row["failed_ms"])
+        for reason, ms in sorted(seen.items()):
+            newest.add_metric([d.zone, reason], ms / 1000)
+    yield dlq
+    yield by_reason
+    yield newest
+
+    state = GaugeMetricFamily(
+        "hybrid_breaker_state", "Cost breaker state: 0 closed, 1 half-open, 2 open.", labels=["zone", "scope"]
+    )
+    forced = GaugeMetricFamily("hybrid_breaker_forced", "1 if an operator holds the breaker.", labels=["zone", "scope"])
+    spend = GaugeMetricFamily(
+        "hybrid_budget_spend_usd", "Spend in the rolling window, USD.", labels=["zone", "scope", "window"]
+    )
+    limit = GaugeMetricFamily(
+        "hybrid_budget_limit_usd", "Budget of the rolling window, USD.", labels=["zone", "scope", "window"]
+    )
+    used = GaugeMetricFamily("hybrid_budget_used_ratio", "Spend divided by budget.", labels=["zone", "scope", "window"])
+    for b in snap.budgets:
+        state.add_metric([b.zone, b.scope], STATE_VALUE[State(b.state)])
+        forced.add_metric([b.zone, b.scope], 1.0 if b.forced else 0.0)
+        for window, usd in sorted(b.spend_usd.items()):
+            spend.add_metric([b.zone, b.scope, window], usd)
+        for window, usd in sorted(b.budget_usd.items()):
+            limit.add_metric([b.zone, b.scope, window], usd)
+            used.add_metric([b.zone, b.scope, window], b.spend_usd.get(window, 0.0) / usd)
+    yield from (state, forced, spend, limit, used)
+
+    devices = GaugeMetricFamily("hybrid_edge_devices", "Edge devices in the zone's registry.", labels=["zone"])
+    online = GaugeMetricFamily("hybrid_edge_devices_online", "Edge devices with a recent heartbeat.", labels=["zone"])
+    per_zone: dict[str, tuple[int, int | None]] = {}
+    for f in snap.fleet:  # several registry keys of one zone: the largest figure of each
+        n, up_n = per_zone.get(f.zone, (0, None))
+        both = [v for v in (up_n, f.online) if v is not None]
+        per_zone[f.zone] = (max(n, f.devices), max(both) if both else None)
+    for zone, (n, up_n) in sorted(per_zone.items()):
+        devices.add_metric([zone], n)
+        if up_n is not None:
+            online.add_metric([zone], up_n)
+    yield devices
+    yield online
+
+
+__all__ = [
+    "DeadLetterStats",
+    "FleetStats",
+    "LaneStats",
+    "QueueMetrics",
+    "ScopeBudget",
+    "Snapshot",
+    "connect_for_metrics",
+    "describe_redis_error",
+    "families",
+    "reason_label",
+    "redacted",
+]
