@@ -31,14 +31,15 @@ from broker import keys
 from broker.codec import unpack
 from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors
 from broker.dead_letter import DeadLetters, Rejected
-from broker.errors import MessageError, TooManyDeliveries
+from broker.errors import DeadlinePassed, MessageError, TooManyDeliveries
 from broker.message import Job, Sealer, now_ms
 from broker.scripts import COMPLETE
 
 log = logging.getLogger(__name__)
 
 Outcome = Mapping[str, Any] | BaseException
-"""What a handler returns per job: its output, or the exception that failed it (stored as an error result)."""
+"""What a handler returns per job: its output, or the exception that failed it (stored as an error result;
+`DeadlinePassed` is stored as an `expired` result)."""
 
 Handler = Callable[[list[Job]], Sequence[Outcome]]
 
@@ -231,7 +232,10 @@ class Consumer:
         for delivery, outcome in items:
             h = delivery.job.header
             if isinstance(outcome, BaseException):
-                stored = self.sealer.seal_result(h, self.name, delivery.received_ms, error=_describe(outcome))
+                expired = isinstance(outcome, DeadlinePassed)
+                stored = self.sealer.seal_result(
+                    h, self.name, delivery.received_ms, error=_describe(outcome), expired=expired
+                )
             else:
                 stored = self.sealer.seal_result(h, self.name, delivery.received_ms, output=outcome)
             rkey = keys.result_key(self.zone, h.job_id)

@@ -75,6 +75,11 @@ class BudgetExceeded(AdmissionRefused):
     """The cost circuit breaker of a scope (`global` or `tenant:<name>`) is open: cloud-bound jobs are refused."""
 
 
+class DeadlinePassed(HybridError):
+    """A job's deadline passed before it could run. As a handler outcome it is stored as an
+    `expired` result (the job was not run), not as an error."""
+
+
 class ResultTimeout(HybridError):
     """The result of a job did not arrive within the timeout."""
 
@@ -137,6 +142,7 @@ __all__ = [
     "Backpressure",
     "BudgetExceeded",
     "ConfigError",
+    "DeadlinePassed",
     "DecodeError",
     "EnvelopeError",
     "HybridError",

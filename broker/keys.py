@@ -103,6 +103,11 @@ def ledger_flags(zone: str) -> str:
     return f"{zone_prefix(zone)}:ledger:flags"
 
 
+def worker_heartbeats(zone: str) -> str:
+    """Hash: worker name → its latest heartbeat (JSON: ready, completed, busy_s, models, ts_ms)."""
+    return f"{zone_prefix(zone)}:workers:heartbeat"
+
+
 __all__ = [
     "GROUP",
     "LANES_BY_PRIORITY",
@@ -117,6 +122,7 @@ __all__ = [
     "inflight_set",
     "jobs_stream",
     "ledger_flags",
+    "worker_heartbeats",
     "ledger_workers",
     "reply_stream",
     "result_key",

@@ -208,9 +208,12 @@ class Sealer:
         started_ms: int,
         output: Mapping[str, Any] | None = None,
         error: str | None = None,
+        *,
+        expired: bool = False,
     ) -> bytes:
-        """The stored form of a result: `msgpack([header_bytes, body])`."""
-        status = "ok" if error is None else "error"
+        """The stored form of a result: `msgpack([header_bytes, body])`. With `expired`, the status is
+        `expired` (the job was not run because its deadline had passed; `error` says when)."""
+        status = "expired" if expired else "ok" if error is None else "error"
         plaintext = self.codec.encode(
             {"output": dict(output or {}), "error": error[:4096] if error else None, "started_ms": started_ms}
         )

@@ -19,7 +19,8 @@ MAX_HEADER_BYTES = 1024
 
 Sensitivity = Literal["public", "personal", "sensitive"]
 LaneName = Literal["interactive", "batch"]
-Status = Literal["ok", "error"]
+Status = Literal["ok", "error", "expired"]
+"""`expired`: the job's deadline had passed before a worker could run it; it was not run."""
 
 _Ident = Annotated[str, StringConstraints(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 _Zone = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]

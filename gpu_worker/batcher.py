@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 from prometheus_client import CollectorRegistry
 from prometheus_client import Histogram as PromHistogram
 
-from broker.errors import HybridError
+from broker.errors import DeadlinePassed, HybridError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,7 +54,7 @@ class QueueFull(BatcherError):
         self.offered, self.free, self.limit = offered, free, limit
 
 
-class Expired(BatcherError):
+class Expired(BatcherError, DeadlinePassed):
     """The job's deadline had passed when its batch formed; it was not run."""
 
     def __init__(self, deadline: float, now: float) -> None:
@@ -146,8 +146,29 @@ class _Recorder:
         return Histogram(self.bounds, tuple(self.counts), self.total)
 
 
-def _prom(registry: CollectorRegistry | None, name: str, doc: str, buckets: Sequence[float]) -> PromHistogram | None:
-    return None if registry is None else PromHistogram(name, doc, buckets=buckets, registry=registry)
+_SHARED: dict[tuple[int, str], PromHistogram] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _prom(
+    registry: CollectorRegistry | None,
+    name: str,
+    doc: str,
+    buckets: Sequence[float],
+    labels: Mapping[str, str] | None = None,
+) -> PromHistogram | None:
+    """The batcher's histogram on `registry`; with `labels`, the child of one labelled histogram that
+    every batcher on that registry shares (one per model in a worker: task, model)."""
+    if registry is None:
+        return None
+    if not labels:
+        return PromHistogram(name, doc, buckets=buckets, registry=registry)
+    with _SHARED_LOCK:
+        family = _SHARED.get((id(registry), name))
+        if family is None:
+            family = PromHistogram(name, doc, sorted(labels), buckets=buckets, registry=registry)
+            _SHARED[(id(registry), name)] = family
+    return family.labels(**labels)
 
 
 @dataclass(slots=True)
@@ -163,7 +184,8 @@ class DynamicBatcher(Generic[T, R]):
 
     `clock` is what deadlines are measured on (e.g. `time.time` for epoch-second deadlines); queue delays
     always use `time.monotonic`. With `registry`, Prometheus histograms `hybrid_worker_batch_size`,
-    `hybrid_worker_queue_wait_seconds` and `hybrid_worker_batch_seconds` are registered on it.
+    `hybrid_worker_queue_wait_seconds` and `hybrid_worker_batch_seconds` are registered on it; with `labels`
+too (e.g. task, model), every batcher on the registry shares one labelled family of each.
     """
 
     def __init__(
@@ -173,6 +195,7 @@ class DynamicBatcher(Generic[T, R]):
         *,
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
+        labels: Mapping[str, str] | None = None,
         name: str = "batcher",
     ) -> None:
         self._fn = fn
@@ -183,11 +206,13 @@ class DynamicBatcher(Generic[T, R]):
         self._closed = False
         self._counts: Counter[str] = Counter()
         self._sizes: Counter[int] = Counter()
-        self._size_prom = _prom(registry, "hybrid_worker_batch_size", "Jobs per formed batch", SIZE_BUCKETS)
+        self._size_prom = _prom(registry, "hybrid_worker_batch_size", "Jobs per formed batch", SIZE_BUCKETS, labels)
         self._wait = _Recorder(
-            TIME_BUCKETS, _prom(registry, "hybrid_worker_queue_wait_seconds", "Submit to batch", TIME_BUCKETS)
+            TIME_BUCKETS, _prom(registry, "hybrid_worker_queue_wait_seconds", "Submit to batch", TIME_BUCKETS, labels)
         )
-        self._exec = _Recorder(TIME_BUCKETS, _prom(registry, "hybrid_worker_batch_seconds", "Batch run", TIME_BUCKETS))
+        self._exec = _Recorder(
+            TIME_BUCKETS, _prom(registry, "hybrid_worker_batch_seconds", "Batch run", TIME_BUCKETS, labels)
+        )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
