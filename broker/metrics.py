@@ -170,6 +170,8 @@ def describe_redis_error(url: str, exc: BaseException) -> str:
     """One plain sentence about why Redis could not be read."""
     where = redacted(url)
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        return f"the server at {where} does not speak the Redis protocol (is it Redis?): {text}"
     if isinstance(exc, redis.AuthenticationError):
         return f"Redis at {where} refused our credentials: {text}"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):

@@ -7,6 +7,7 @@ failed, 2 bad arguments or input, 69 Redis unreachable, 130 interrupted.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -22,13 +23,21 @@ def cli() -> None:
     """
 
 
-def _register() -> None:
-    from hybrid import commands_broker, commands_budget, demo, policy_cli
+# One module per command family, each with `register(cli)`. Add a line here for a new family.
+COMMAND_MODULES = (
+    "hybrid.commands_broker",
+    "hybrid.commands_budget",
+    "hybrid.commands_deploy",
+    "hybrid.commands_worker",
+    "hybrid.commands_sre",
+    "hybrid.demo",
+    "hybrid.policy_cli",
+)
 
-    commands_broker.register(cli)
-    commands_budget.register(cli)
-    cli.add_command(demo.demo)
-    cli.add_command(policy_cli.policy)
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(cli)
 
 
 _register()
