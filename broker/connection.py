@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlparse
 
 import redis
 
@@ -13,8 +15,20 @@ MAX_BLOCK_MS = 30_000
 """Longest blocking read we issue; the socket timeout is well above it."""
 
 
+TLS_ENV = {"ssl_ca_certs": "HYB_REDIS_TLS_CA", "ssl_certfile": "HYB_REDIS_TLS_CERT", "ssl_keyfile": "HYB_REDIS_TLS_KEY"}
+"""For a `rediss://` URL: the CA, client certificate and key files, unless the URL's query names them
+(`rediss://user:pw@host:6380/0?ssl_ca_certs=/tls/ca.crt&ssl_certfile=...&ssl_keyfile=...`)."""
+
+
+def _tls_from_env(url: str) -> dict[str, str]:
+    if not url.startswith("rediss://"):
+        return {}
+    query = parse_qs(urlparse(url).query)
+    return {arg: os.environ[var] for arg, var in TLS_ENV.items() if arg not in query and os.environ.get(var)}
+
+
 def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
-    """A redis-py client for `url` (bytes in and out; we decode ourselves)."""
+    """A redis-py client for `url` (bytes in and out; we decode ourselves). TLS: `rediss://` (see `TLS_ENV`)."""
     try:
         return redis.Redis.from_url(
             url,
@@ -22,6 +36,7 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
             socket_connect_timeout=timeout_s,
             socket_timeout=MAX_BLOCK_MS / 1000 + 30,
             health_check_interval=30,
+            **_tls_from_env(url),
         )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
@@ -45,4 +60,4 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-__all__ = ["MAX_BLOCK_MS", "connect", "ensure_group", "redis_errors"]
+__all__ = ["MAX_BLOCK_MS", "TLS_ENV", "connect", "ensure_group", "redis_errors"]
