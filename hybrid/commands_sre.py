@@ -75,7 +75,11 @@ def exporter(
     `hybrid_redis_up 0`, the page says why, and the exporter keeps retrying.
     """
     metrics = _metrics(redis_url, zones, active_window)
-    monitor = Monitor(metrics, interval_s=interval, history_s=max(history, interval))
+
+    def report(snap: Snapshot) -> None:
+        click.echo("Redis is up" if snap.redis_up else f"Redis is DOWN: {snap.error} (retrying)", err=True)
+
+    monitor = Monitor(metrics, interval_s=interval, history_s=max(history, interval), on_change=report)
     try:
         server = serve(monitor, host, port)
     except OSError as exc:
@@ -90,12 +94,8 @@ def exporter(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    was_up: bool | None = None
-    while not stop.wait(0.5):
-        snap = monitor.latest
-        if snap.taken_ms and snap.redis_up != was_up:
-            was_up = snap.redis_up
-            click.echo("Redis is up" if was_up else f"Redis is DOWN: {snap.error} (retrying)", err=True)
+    while not stop.wait(1.0):
+        pass
     monitor.stop()
     server.shutdown()
     click.echo("exporter stopped", err=True)

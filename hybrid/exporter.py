@@ -39,7 +39,15 @@ class Point:
 class Monitor:
     """Samples queue figures every `interval_s` and keeps `history_s` seconds of per-lane backlog."""
 
-    def __init__(self, metrics: QueueMetrics, *, interval_s: float = 5.0, history_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        metrics: QueueMetrics,
+        *,
+        interval_s: float = 5.0,
+        history_s: float = 900.0,
+        on_change: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        """`on_change(snapshot)` is called whenever Redis goes from readable to not, or back."""
         if interval_s <= 0 or history_s < interval_s:
             raise ValueError("interval must be above 0 and history at least one interval")
         self.metrics = metrics
@@ -49,6 +57,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._was_up: bool | None = None
+        self.on_change = on_change
 
     @property
     def latest(self) -> Snapshot:
@@ -62,6 +72,10 @@ class Monitor:
         )
         with self._lock:
             self.history.append(point)
+            changed = snap.redis_up != self._was_up
+            self._was_up = snap.redis_up
+        if changed and self.on_change is not None:
+            self.on_change(snap)
         return snap
 
     def start(self) -> Monitor:
