@@ -234,6 +234,9 @@ def test_edge_is_refused_everything_outside_its_role(locked: LockedRedis) -> Non
     # its own allowed command works, so the refusals above are the ACL, not a broken connection
     assert _allowed(e, "XADD", jobs, "*", "h", "x", "b", "y")
     assert _allowed(e, "GET", keys.result_key(ZONE, "nothing-here")) is None
+    device = f"{keys.zone_prefix(ZONE)}:device:pi-0042"  # its capability report: write only
+    assert _allowed(e, "SET", device, "{}", "EX", 60)
+    _refused(e, "GET", device)
 
 
 def test_a_script_cannot_widen_the_edge_role(locked: LockedRedis) -> None:
