@@ -14,6 +14,7 @@ scripts that touch several of them stay legal on a cluster:
     hyb:{<zone>}:spend:<scope>        spend in micro-USD per minute bucket (hash); scope `global`, `tenant:<t>`
     hyb:{<zone>}:workers              instance class and market each known worker reported (hash)
     hyb:{<zone>}:ledger:flags         ledger writes from unknown workers, per worker (hash)
+    hyb:{<zone>}:device:<device_id>   an edge device's capability report (JSON string with a TTL)
 """
 
 from __future__ import annotations
@@ -108,6 +109,11 @@ def worker_heartbeats(zone: str) -> str:
     return f"{zone_prefix(zone)}:workers:heartbeat"
 
 
+def edge_device(zone: str, device_id: str) -> str:
+    """String with a TTL: an edge device's capability report (JSON), refreshed by its heartbeat."""
+    return f"{zone_prefix(zone)}:device:{check_name(device_id, 'device id')}"
+
+
 __all__ = [
     "GROUP",
     "LANES_BY_PRIORITY",
@@ -119,13 +125,14 @@ __all__ = [
     "check_name",
     "check_zone",
     "dlq_stream",
+    "edge_device",
     "inflight_set",
     "jobs_stream",
     "ledger_flags",
-    "worker_heartbeats",
     "ledger_workers",
     "reply_stream",
     "result_key",
     "spend",
+    "worker_heartbeats",
     "zone_prefix",
 ]
