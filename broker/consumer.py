@@ -209,6 +209,18 @@ class Consumer:
 
     # -- completing -------------------------------------------------------------------------------
 
+    def touch(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Reset the idle time of entries this consumer still works on (XCLAIM … JUSTID), so that a
+        job waiting in a long local queue is not taken over as if its worker had died."""
+        by_stream: dict[str, list[Any]] = {}
+        for stream, entry_id in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xclaim(stream, keys.GROUP, self.name, 0, ids, justid=True)
+            pipe.execute()
+
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge (and delete) entries without storing a result — for jobs dropped on purpose."""
         if not deliveries:

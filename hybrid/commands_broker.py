@@ -1,12 +1,10 @@
-"""`hybrid keys`, `hybrid dlq`, `hybrid worker` and `hybrid submit`: the broker from the shell."""
+"""`hybrid keys`, `hybrid dlq` and `hybrid submit`: the broker from the shell."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,19 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.client import Client, sealer_from_settings
-from broker.consumer import Consumer
 from broker.dead_letter import DeadLetters
 from broker.errors import ConfigError
 from broker.keyring import LocalKeyring, default_keyring_path
 from broker.keys import check_zone
-from hybrid.builtin_tasks import run_builtin
 from hybrid.common import EXIT_FAILURE, friendly_errors, redis_for, settings_from, settings_options
 
 console = Console()
 
 
 def register(cli: click.Group) -> None:
-    for command in (keys, dlq, worker, submit):
+    for command in (keys, dlq, submit):
         cli.add_command(command)
 
 
@@ -204,45 +200,7 @@ def dlq_purge(
     click.echo(f"deleted {n} dead letter(s)")
 
 
-# -- worker and submit ------------------------------------------------------------------------------
-
-
-@click.command()
-@settings_options
-@click.option("--name", default=None, help="Consumer name, unique per worker [default: host-pid].")
-@click.option("--burst", is_flag=True, help="Exit when no job is left instead of waiting for more.")
-@click.option("--count", type=click.IntRange(1, 1000), default=None, help="Jobs per read [env HYB_READ_COUNT].")
-@click.option(
-    "--min-idle-ms", type=click.IntRange(0), default=None, help="Reclaim jobs idle this long [env HYB_MIN_IDLE_MS]."
-)
-@friendly_errors
-def worker(
-    redis_url: str | None, zone: str | None, keyring: str | None, name: str | None, burst: bool,
-    count: int | None, min_idle_ms: int | None,
-) -> None:  # fmt: skip
-    """Consume a zone's jobs with the built-in CPU tasks (noop, echo, text_stats).
-
-    The torch/transformers models run in `gpu_worker`; this worker serves the broker's own
-    round trip. SIGTERM or Ctrl-C finishes the batch in hand, then exits.
-    """
-    settings = settings_from(redis_url, zone, keyring, read_count=count, min_idle_ms=min_idle_ms)
-    client = redis_for(settings)
-    consumer = Consumer(
-        client, sealer_from_settings(settings), settings.zone, name or f"{os.uname().nodename}-{os.getpid()}",
-        count=settings.read_count, block_ms=settings.block_ms, min_idle_ms=settings.min_idle_ms,
-        max_deliveries=settings.max_deliveries, result_ttl_s=settings.result_ttl_s,
-    )  # fmt: skip
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    consumer.ensure_groups()
-    click.echo(f"worker {consumer.name} consuming zone {settings.zone}", err=True)
-    stats = consumer.run(run_builtin, stop=stop, burst=burst)
-    click.echo(
-        f"worker {consumer.name} done: {stats.completed} completed, {stats.reclaimed} reclaimed, "
-        f"{sum(stats.dead_lettered.values())} dead-lettered",
-        err=True,
-    )
+# -- submit ------------------------------------------------------------------------------
 
 
 @click.command()

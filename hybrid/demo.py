@@ -102,7 +102,7 @@ def _run(
     client = Client(connect(url), sealer_from_settings(settings), zone)
     env = {**os.environ, "HYB_REDIS_URL": url, "HYB_ZONE": zone, "HYB_KEYRING": str(keyring)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "hybrid", "worker", "--name", "demo-worker-1", "--min-idle-ms", "5000"],
+        [sys.executable, "-m", "hybrid", "worker", "run", "--name", "demo-worker-1", "--min-idle-ms", "5000"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -174,3 +174,7 @@ def _inject_tampered(client: Client, zone: str) -> None:
 
 
 __all__ = ["demo"]
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo)

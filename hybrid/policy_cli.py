@@ -422,3 +422,7 @@ def trace_command(spec: str, output: str) -> None:
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     click.echo(f"wrote {len(records)} requests to {output}", err=True)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(policy)

@@ -82,9 +82,10 @@ def test_submit_worker_and_dlq_round_trip(
     sub = hybrid("submit", "--task", "text_stats", "--input", json.dumps({"text": text}), env=env)
     assert sub.returncode == 0
     job_id = sub.stdout.strip()
-    work = hybrid("worker", "--burst", "--name", "cli-worker", env=env)
+    work = hybrid("worker", "run", "--burst", "--name", "cli-worker", env=env)
     assert work.returncode == 0, work.stderr
-    assert "1 completed" in work.stderr and "1 dead-lettered" in work.stderr
+    assert "1 results" in work.stderr and "1 dead-lettered" in work.stderr
+    assert hybrid("worker", "run", "--tasks", "embed,translate", env=env).returncode == 2
 
     listed = [json.loads(line) for line in hybrid("dlq", "list", "--json", env=env).stdout.splitlines()]
     assert [x["reason"] for x in listed] == ["tampered"]
