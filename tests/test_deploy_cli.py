@@ -30,18 +30,11 @@ def test_redis_acl_writes_private_files_and_keeps_passwords(tmp_path: Path) -> N
     assert _mode(out) == 0o600 and _mode(secrets) == 0o600
     text = out.read_text()
     names = [line.split()[1] for line in text.splitlines()]
-    assert names == [
-        "default",
-        "edge-eu-west",
-        "worker-eu-west",
-        "edge-bd-dhaka",
-        "worker-bd-dhaka",
-        "exporter",
-        "admin",
-    ]
+    zone_users = [f"{role}-{z}" for z in ("eu-west", "bd-dhaka") for role in ("edge", "api", "worker")]
+    assert names == ["default", *zone_users, "exporter", "admin"]
     assert "user default off" in text
     passwords = read_secrets(secrets)
-    assert len(passwords) == 6 and all(len(p) >= 32 for p in passwords.values())
+    assert len(passwords) == 8 and all(len(p) >= 32 for p in passwords.values())
     assert not any(p in text for p in passwords.values())  # only hashes in the ACL file
     again = runner.invoke(cli, ["deploy", "redis-acl", "--zone", "eu-west", "--zone", "bd-dhaka", "--out", str(out)])
     assert again.exit_code == 0 and "kept" in again.output

@@ -239,6 +239,17 @@ def test_edge_is_refused_everything_outside_its_role(locked: LockedRedis) -> Non
     _refused(e, "GET", device)
 
 
+def test_api_user_keeps_tokens_and_owners_but_reads_no_jobs(locked: LockedRedis) -> None:
+    a = locked.client(f"api-{ZONE}")
+    tokens = f"{keys.zone_prefix(ZONE)}:api:tokens"
+    assert _allowed(a, "HSET", tokens, "sha256-of-token", "{}") == 1
+    assert _allowed(a, "SET", f"{keys.zone_prefix(ZONE)}:api:job:j1", "school-7", "EX", 60)
+    assert _allowed(a, "XADD", keys.jobs_stream(ZONE, "batch"), "*", "h", "x", "b", "y")
+    _refused(a, "XRANGE", keys.jobs_stream(ZONE, "batch"), "-", "+")
+    _refused(a, "HGETALL", f"{keys.zone_prefix(OTHER)}:api:tokens")
+    _refused(a, "FLUSHALL")
+
+
 def test_a_script_cannot_widen_the_edge_role(locked: LockedRedis) -> None:
     """Lua runs each redis.call with the caller's rights: a loaded script cannot delete or read jobs."""
     e = locked.client(f"edge-{ZONE}")

@@ -5,6 +5,7 @@ Users (one `edge-` and one `worker-` user per zone; `exporter` and `admin` are g
     edge-<zone>     submit: the APPEND / ADMIT scripts and the XADD, XLEN, admission-hash and in-flight
                     writes they run on the zone's keys; read results (MGET) and its reply streams (XREAD);
                     read the cost breaker. Nothing else: no XREADGROUP, XRANGE, KEYS, DEL, FLUSHALL, CONFIG.
+    api-<zone>      the jobs HTTP API: an edge's rights, plus its tenant tokens and job owners (`api:*`).
     worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING), complete (the COMPLETE script: SET NX
                     results, XACK, XDEL, reply XADD), dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
                     the cost ledger, heartbeats, the breaker.
@@ -26,7 +27,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,22 @@ def edge_user(zone: str) -> AclUser:
     )
 
 
+def api_user(zone: str) -> AclUser:
+    """The jobs HTTP API (`hybrid api serve`): an edge's rights plus its own token and job-owner keys."""
+    edge = edge_user(zone)
+    api = Selector(
+        ("get", "set", "del", "exists", "expire", "hget", "hset", "hdel", "hgetall", "hkeys"),
+        (KeyGrant(_z(zone, "api:*")),),
+    )
+    return replace(
+        edge,
+        name=f"api-{zone}",
+        role="api",
+        selectors=(*edge.selectors, api),
+        summary="what an edge may do, plus its tenant tokens and job owners (api:*)",
+    )
+
+
 def worker_user(zone: str) -> AclUser:
     jobs, results, replies, inflight = (
         _z(zone, "jobs:*"),
@@ -196,7 +213,7 @@ def acl_users(zones: Sequence[str]) -> list[AclUser]:
             seen.append(z)
     users: list[AclUser] = []
     for z in seen:
-        users += [edge_user(z), worker_user(z)]
+        users += [edge_user(z), api_user(z), worker_user(z)]
     return [*users, exporter_user(), admin_user()]
 
 
@@ -286,6 +303,7 @@ __all__ = [
     "Selector",
     "acl_users",
     "admin_user",
+    "api_user",
     "choose_passwords",
     "edge_user",
     "exporter_user",
