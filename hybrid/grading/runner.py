@@ -66,6 +66,7 @@ class GradeConfig:
     chunk: int = 250  # jobs per submit call
     item_timeout_s: float = 3600.0  # a job without a result this long is left for the next resume
     recheck_s: float = 2.0  # look for stored results when no notification came for this long
+    max_pause_s: float = 30.0  # retry a refused submit at least this often (an operator may close a breaker)
     usd_per_gpu_hour: float | None = None  # for the cost estimate from worker-seconds
 
 
@@ -180,7 +181,8 @@ class GradeRun:
     def _finish(self, run_id: str, summary: Summary) -> None:
         # never hide the run's own outcome behind a registry failure
         with contextlib.suppress(Exception):
-            self._register(run_id, finished=time.time(), heartbeat=time.time(), **summary.as_dict())
+            doc = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
+            self._register(run_id, finished=time.time(), heartbeat=time.time(), **doc)
 
     def _drive(self, items: Sequence[Item], run_id: str, summary: Summary, started: float) -> dict[str, dict[str, Any]]:
         cfg = self.config
@@ -234,7 +236,8 @@ class GradeRun:
                     sent = list(exc.submitted)
                     unsent_ids = [s.job_id for s in exc.unsent if s.job_id is not None]
                     queue.extendleft(reversed([by_id[j] for j in unsent_ids]))
-                    paused_until = now + exc.retry_after_s
+                    wait = min(exc.retry_after_s, cfg.max_pause_s)
+                    paused_until = now + wait
                     reason = (
                         "budget breaker open" if isinstance(exc, BudgetExceeded) else f"backpressure ({exc.reason})"
                     )
@@ -243,7 +246,7 @@ class GradeRun:
                         pause_started = now
                         key = "budget" if isinstance(exc, BudgetExceeded) else exc.reason or "backpressure"
                         summary.pause_reasons[key] = summary.pause_reasons.get(key, 0) + 1
-                    pause = f"paused: {reason}, retry in {exc.retry_after_s:.1f} s"
+                    pause = f"paused: {reason}, retry in {wait:.1f} s"
                 if sent:
                     self.state.mark_submitted(sorted({by_id[j][0].id for j in sent}))
                     summary.submitted_jobs += len(sent)
