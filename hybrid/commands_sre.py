@@ -98,6 +98,7 @@ def exporter(
         pass
     monitor.stop()
     server.shutdown()
+    server.server_close()
     click.echo("exporter stopped", err=True)
 
 

@@ -201,7 +201,9 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 def serve(monitor: Monitor, host: str = "127.0.0.1", port: int = 9470) -> WSGIServer:
-    """Serve the app on a threaded stdlib server in a background thread; `.shutdown()` stops it."""
+    """Serve the app on a threaded stdlib server in a background thread.
+
+    Stop it with `.shutdown()` then `.server_close()`; port 0 picks a free port (`.server_address`)."""
     server = make_server(host, port, wsgi_app(monitor), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="hybrid-exporter-http", daemon=True).start()
     return server

@@ -99,15 +99,17 @@ function chart(st) {
   legend.replaceChildren();
   Object.keys(series).forEach((name, i) => {
     const vals = series[name], color = COLORS[i % COLORS.length];
-    let d = "", last = null;
+    let d = "", last = null, lx = 0, ly = 0;
     for (let j = 0; j < vals.length; j++) {
       if (vals[j] === null) continue;
-      d += (d ? " L" : "M") + x(t[j]).toFixed(1) + "," + y(vals[j]).toFixed(1);
+      lx = x(t[j]).toFixed(1); ly = y(vals[j]).toFixed(1);
+      d += (d ? " L" : "M") + lx + "," + ly;
       last = vals[j];
     }
     const path = el("svg:path", {d: d || "M0,0", fill: "none", stroke: color, "stroke-width": 2, class: "series",
       "data-series": name, "data-last": last === null ? "" : last});
     svg.appendChild(path);
+    if (last !== null) svg.appendChild(el("svg:circle", {cx: lx, cy: ly, r: 3, fill: color, "data-series": name}));
     const item = el("span", {"data-series": name});
     item.appendChild(el("i", {style: "background:" + color}));
     item.appendChild(document.createTextNode(name + ": " + (last === null ? "-" : last)));
