@@ -185,10 +185,6 @@ class ApiError(Exception):
 # -- request size limit ----------------------------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """413 for a body over `max_bytes`, whether it says its length or streams (chunked) past it."""
 
@@ -212,27 +208,31 @@ class BodyLimit:
                     return
         seen = 0
         started = False
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
+                if seen > limit and not started:
+                    # answer 413 now; the app sees the client go away and whatever it sends is dropped
+                    rejected = True
+                    await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, counting_receive, guarded_send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps({"error": f"request body over the limit of {self.max_bytes} bytes"}).encode()
@@ -300,6 +300,20 @@ class Waiters:
 
 # -- the app ---------------------------------------------------------------------------------------
 
+_bearer = HTTPBearer(auto_error=False, description="A tenant's API token (`hybrid api token create`).")
+
+
+def tenant_of(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The tenant of the request's bearer token; 401 when there is none or it is unknown."""
+    store: TokenStore = request.app.state.tokens
+    tenant = store.tenant_of(creds.credentials) if creds is not None else None
+    if tenant is None:
+        raise ApiError(401, "missing or unknown API token", {"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+Tenant = Annotated[str, Depends(tenant_of)]
+
 
 @dataclass
 class ApiConfig:
@@ -326,7 +340,6 @@ def create_app(
     waiters = Waiters(broker)
     submit_lock = threading.Lock()
     ttl_s = settings.result_ttl_s
-    bearer = HTTPBearer(auto_error=False, description="A tenant's API token (`hybrid api token create`).")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -345,6 +358,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.state.tokens = tokens
     refusals: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorBody, "description": "missing or unknown API token"},
         413: {"model": ErrorBody, "description": "request body over the limit"},
@@ -374,14 +388,6 @@ def create_app(
         return JSONResponse(
             {"error": f"the broker is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
         )
-
-    def tenant_of(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        tenant = tokens.tenant_of(creds.credentials) if creds is not None else None
-        if tenant is None:
-            raise ApiError(401, "missing or unknown API token", {"WWW-Authenticate": "Bearer"})
-        return tenant
-
-    Tenant = Annotated[str, Depends(tenant_of)]
 
     def owner_key(job_id: str) -> str:
         return f"{keys.zone_prefix(zone)}:api:job:{job_id}"
@@ -460,9 +466,10 @@ def create_app(
     async def wait_job(
         job_id: str,
         tenant: Tenant,
-        timeout: Annotated[float, Query(ge=0, le=cfg.max_wait_s, description="Seconds to wait at most.")] = 30.0,
+        timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait at most.")] = 30.0,
     ) -> JobView:
         """Wait up to `timeout` seconds for the result; status `pending` if it is not there by then."""
+        timeout = min(timeout, cfg.max_wait_s)
         await run_in_threadpool(owned, tenant, job_id)
         event = waiters.register(job_id)
         try:
