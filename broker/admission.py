@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import redis
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker import keys
@@ -129,6 +130,13 @@ class LaneState:
     paused: bool
 
 
+REFUSALS = Counter(
+    "hybrid_admission_refused_jobs", "Jobs refused at admission, by reason (watermark, rate, in_flight, budget)",
+    ["zone", "reason"],
+)  # fmt: skip
+ADMITTED = Counter("hybrid_admission_admitted_jobs", "Jobs admitted into a lane stream", ["zone"])
+
+
 class Admission:
     """The admission check of one zone, used by a `Producer` (`Producer(..., admission=Admission(...))`)."""
 
@@ -164,7 +172,11 @@ class Admission:
             lanes[e.stream] = lanes.get(e.stream, 0) + 1
             tenants[e.tenant] = tenants.get(e.tenant, 0) + 1
         if self.gate is not None:
-            self.gate.check(tenants)
+            try:
+                self.gate.check(tenants)
+            except AdmissionRefused as exc:
+                REFUSALS.labels(self.zone, exc.reason or "budget").inc(len(batch))
+                raise
         lane_idx = {s: i for i, s in enumerate(lanes, 1)}
         tenant_idx = {t: i for i, t in enumerate(tenants, 1)}
         args: list[Any] = [
@@ -190,9 +202,11 @@ class Admission:
         with redis_errors():
             res: Any = self._script(keys=script_keys, args=args)
         if int(res[0]) == 1:
+            ADMITTED.labels(self.zone).inc(len(batch))
             self.peak_backlog = max(self.peak_backlog, int(res[1]))
             return int(res[1])
         reason, limit, retry_ms = res[1].decode(), res[2].decode(), int(res[3])
+        REFUSALS.labels(self.zone, reason).inc(len(batch))
         if reason == "watermark":
             limit = self._lane_of.get(limit, limit)  # the stream key → its lane
             msg = f"lane {limit} of zone {self.zone} reached its high watermark; paused until back at its low one"

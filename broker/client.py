@@ -17,13 +17,14 @@ from typing import Any
 import redis
 
 from broker import keys
-from broker.admission import Admission
+from broker.admission import Admission, AdmissionPolicy
 from broker.codec import Codec
 from broker.connection import connect, redis_errors
 from broker.envelope import DataKeyCachePolicy, Envelope
 from broker.errors import ConfigError, ResultTimeout
 from broker.ids import new_ulid
 from broker.keyring import KeyProvider, LocalKeyring
+from broker.ledger import CostBreaker, Ledger
 from broker.message import JobSpec, Sealer
 from broker.producer import Producer
 from broker.schema import JobResult, LaneName, Sensitivity
@@ -49,6 +50,15 @@ def load_dictionaries(directory: Path) -> dict[str, bytes]:
     if not directory.is_dir():
         raise ConfigError(f"zstd dictionary directory {directory} does not exist")
     return {p.stem: p.read_bytes() for p in sorted(directory.glob("*.zdict"))}
+
+
+def admission_from_settings(client: redis.Redis, settings: BrokerSettings) -> Admission | None:
+    """The admission check `HYB_ADMISSION_POLICY` and `HYB_BUDGET_GATE` ask for, or None (no limits)."""
+    if settings.admission_policy is None and not settings.budget_gate:
+        return None
+    policy = AdmissionPolicy.load(settings.admission_policy) if settings.admission_policy else None
+    gate = CostBreaker(Ledger(client, settings.zone)) if settings.budget_gate else None
+    return Admission(client, settings.zone, policy, gate=gate)
 
 
 class Client:
@@ -77,7 +87,10 @@ class Client:
     def from_settings(cls, settings: BrokerSettings, **kwargs: Any) -> Client:
         if not settings.redis_url:
             raise ConfigError("no Redis URL: set REDIS_URL (or HYB_REDIS_URL), or start one with `hybrid up`")
-        return cls(connect(settings.redis_url), sealer_from_settings(settings), settings.zone, **kwargs)
+        client = connect(settings.redis_url)
+        if "admission" not in kwargs:
+            kwargs["admission"] = admission_from_settings(client, settings)
+        return cls(client, sealer_from_settings(settings), settings.zone, **kwargs)
 
     # -- submitting -------------------------------------------------------------------------------
 
@@ -165,4 +178,4 @@ class Client:
             self.redis.delete(self.reply_stream)
 
 
-__all__ = ["Client", "sealer_from_settings"]
+__all__ = ["Client", "admission_from_settings", "sealer_from_settings"]

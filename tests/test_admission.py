@@ -16,9 +16,11 @@ import redis
 
 from broker import keys
 from broker.admission import Admission, AdmissionPolicy, LaneLimits, TenantLimits, submit_paced
+from broker.breaker import State
 from broker.client import Client
 from broker.consumer import Consumer
-from broker.errors import AdmissionRefused, Backpressure, ConfigError
+from broker.embedded import EmbeddedRedis
+from broker.errors import AdmissionRefused, Backpressure, BudgetExceeded, ConfigError
 from broker.message import JobSpec, Sealer
 from broker.producer import Producer
 
@@ -282,3 +284,31 @@ def test_a_mixed_batch_keeps_its_order_and_counts_each_tenant(r: redis.Redis, se
     with pytest.raises(Backpressure, match="tenant b has too many jobs in flight"):
         producer.submit_many(mixed[:2])  # a would fit, b would not: the whole batch waits
     assert adm.in_flight("a") == 2
+
+
+def test_settings_turn_admission_on_and_refusals_are_counted(
+    redis_server: EmbeddedRedis, keyring_path: Path, zone: str, tmp_path: Path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from broker.ledger import CostBreaker, Ledger
+    from broker.settings import load_settings
+
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("lanes:\n  interactive: {high: 3, low: 1}\n")
+    base = {"redis_url": redis_server.url, "zone": zone, "keyring": keyring_path}
+    assert Client.from_settings(load_settings(**base)).producer.admission is None  # off unless asked for
+    client = Client.from_settings(load_settings(**base, admission_policy=limits, budget_gate=True))
+    assert client.producer.admission is not None and client.producer.admission.gate is not None
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("hybrid_admission_refused_jobs_total", {"zone": zone, "reason": reason}) or 0
+
+    client.submit_many(JobSpec(task="echo", inputs={}) for _ in range(3))
+    with pytest.raises(Backpressure):
+        client.submit_many(JobSpec(task="echo", inputs={}) for _ in range(2))
+    assert refused("watermark") == 2
+    CostBreaker(Ledger(client.redis, zone)).force("global", State.OPEN)
+    with pytest.raises(BudgetExceeded):
+        client.submit("echo", {}, lane="batch")
+    assert refused("budget") == 1
