@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "hybrid.commands_broker",
     "hybrid.commands_budget",
     "hybrid.commands_deploy",
+    "hybrid.commands_edge",
     "hybrid.commands_grade",
     "hybrid.commands_worker",
     "hybrid.commands_sre",
