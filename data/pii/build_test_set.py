@@ -62,6 +62,13 @@ EN = [
     "Transfer 2500 rupees to account 001234567890 at the bank.",
     "[[NAME|Rahim]]'s mother called from [[PHONE|+91 8012345678]].",
     "The train leaves at 06:45, platform 3.",
+    # written after the detector, not tuned on: spellings and formats the rules may miss
+    "call me on [[PHONE|8801712345678]] tonight",
+    "Dial [[PHONE|0091 98765 43210]] for the hostel warden.",
+    "[[NAME|Shakib]] from class 8 also wants the notes.",
+    "ask [[NAME|rahim]] for the lab manual",
+    "The results come out on 12/03/2025 at 10 am.",
+    "My student id is 2023-BD-00451.",
 ]
 
 BN = [
@@ -109,6 +116,13 @@ BN = [
     "[[NAME|করিমকে]] বলো কাল স্কুলে আসতে।",
     "ট্রেন ছাড়বে ০৬:৪৫ এ, প্ল্যাটফর্ম ৩।",
     "[[NAME|Ananya]] বলেছে সে [[EMAIL|ananya.das@example.org]] এ উত্তর পাঠাবে।",
+    # written after the detector, not tuned on: spellings and formats the rules may miss
+    "[[NAME|রহীম]] আজ আসেনি।",
+    "ইমেইল:[[EMAIL|nusrat.j@example.com]]",
+    "ফোন নম্বর [[PHONE|৮৮০১৮১১২২৩৩৪৪]] এ কল দাও।",
+    "[[NAME|শাকিব]] অষ্টম শ্রেণির ছাত্র।",
+    "ফলাফল প্রকাশিত হবে ১২/০৩/২০২৫ তারিখে।",
+    "[[NAME|প্রিয়াঙ্কা]]র খাতা জমা হয়নি।",
 ]
 
 
