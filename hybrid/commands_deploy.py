@@ -52,7 +52,7 @@ def redis_acl(zones: tuple[str, ...], out: Path, secrets_out: Path | None, rotat
 @deploy.command("redis-conf")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write [default: stdout].")
 @click.option("--tls-port", type=click.IntRange(1, 65535), default=6380, show_default=True)
-@click.option("--bind", default="0.0.0.0 ::", show_default=True, help="Addresses to listen on.")
+@click.option("--bind", default="* -::*", show_default=True, help="Addresses to listen on (Redis 7 syntax).")
 @click.option("--dir", "data_dir", default="/data", show_default=True, help="Data directory (the AOF).")
 @click.option("--aclfile", default="/etc/redis/users.acl", show_default=True)
 @click.option("--cert-dir", default="/tls", show_default=True, help="Holds ca.crt, server.crt, server.key.")

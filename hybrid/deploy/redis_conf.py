@@ -28,7 +28,7 @@ FSYNC_NOTES: dict[str, str] = {
 @dataclass(frozen=True)
 class RedisConfOptions:
     tls_port: int = 6380
-    bind: str = "0.0.0.0 ::"
+    bind: str = "* -::*"  # every IPv4 address, and IPv6 where the host has it (`-`: optional)
     data_dir: str = "/data"
     aclfile: str = "/etc/redis/users.acl"
     cert_dir: str = "/tls"
