@@ -23,12 +23,14 @@ Per lane (stream `hyb:{<zone>}:jobs:<lane>`, group `workers`):
 
 Per zone: the dead-letter stream's size and, among its newest `dlq_window` entries, counts per
 reason code (a code only — anything that is not shaped like one is reported as `other`); spend,
-budgets and breaker state of every scope (`broker.ledger.CostBreaker.status`); the edge fleet from a
-device registry key if `broker.keys` defines one (absent: no fleet figures).
+budgets and breaker state of every scope (`broker.ledger.CostBreaker.status`); the fleet: edge devices
+whose heartbeat key (`keys.edge_device`, with a TTL) exists — counted with SCAN, at most every
+`fleet_scan_s` — and GPU workers whose heartbeat (`keys.worker_heartbeats`) is fresh.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -143,9 +145,10 @@ class ScopeBudget:
 @dataclass(frozen=True)
 class FleetStats:
     zone: str
-    key: str
-    devices: int
-    online: int | None  # devices seen within the online window, when the registry tells
+    devices_online: int | None  # edge devices whose heartbeat key has not expired (None: no device keys in this layout)
+    workers: int  # GPU workers whose heartbeat is fresher than the active window
+    workers_ready: int  # of those, ready and not draining
+    workers_in_flight: int  # jobs those workers hold
 
 
 @dataclass
@@ -199,22 +202,21 @@ def connect_for_metrics(url: str, timeout_s: float = 3.0) -> redis.Redis:
         raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {exc}") from None
 
 
-def _device_registry_keys(zone: str) -> list[str]:
-    """Device registry keys `broker.keys` defines (a one-argument function with `device` in its name)."""
-    out: list[str] = []
-    for name in getattr(keys, "__all__", []):
-        if "device" not in name:
-            continue
-        fn = getattr(keys, name, None)
-        if not callable(fn):
-            continue
-        try:
-            key = fn(zone)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(key, str):
-            out.append(key)
-    return out
+def _device_pattern(zone: str) -> str | None:
+    """SCAN pattern of a zone's edge device heartbeat keys, if `broker.keys` defines them."""
+    fn = getattr(keys, "edge_device", None)
+    if not callable(fn):
+        return None
+    key = fn(zone, "x")
+    return key[:-1] + "*" if isinstance(key, str) and key.endswith(":x") else None
+
+
+def _json(raw: Any) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 class QueueMetrics(Collector):
@@ -226,7 +228,7 @@ class QueueMetrics(Collector):
         zones: Sequence[str],
         *,
         active_idle_s: float = 60.0,
-        online_s: float = 120.0,
+        fleet_scan_s: float = 30.0,
         dlq_window: int = 1000,
         client: redis.Redis | None = None,
     ) -> None:
@@ -235,7 +237,8 @@ class QueueMetrics(Collector):
         self.url = url
         self.zones = [keys.check_zone(z) for z in zones]
         self.active_idle_ms = int(active_idle_s * 1000)
-        self.online_ms = int(online_s * 1000)
+        self.fleet_scan_s = fleet_scan_s
+        self._devices: dict[str, tuple[float, int]] = {}
         self.dlq_window = dlq_window
         self.client = client if client is not None else connect_for_metrics(url)
         self._lane_script = self.client.register_script(_LANE_SCRIPT)
@@ -396,27 +399,30 @@ class QueueMetrics(Collector):
         ]
 
     def _fleet(self, zone: str, now: int) -> list[FleetStats]:
-        out: list[FleetStats] = []
-        for key in _device_registry_keys(zone):
-            kind = _s(self.client.type(key))
-            if kind == "none":
-                continue
-            if kind == "zset":
-                total = int(self.client.zcard(key))
-                recent = int(self.client.zcount(key, now - self.online_ms, "+inf"))
-                # scores are heartbeat times in ms if they look like it; otherwise no online figure
-                out.append(FleetStats(zone, key, total, recent if self._looks_like_ms(key) else None))
-            elif kind == "hash":
-                out.append(FleetStats(zone, key, int(self.client.hlen(key)), None))
-            elif kind == "set":
-                out.append(FleetStats(zone, key, int(self.client.scard(key)), None))
-            elif kind == "stream":
-                out.append(FleetStats(zone, key, int(self.client.xlen(key)), None))
-        return out
-
-    def _looks_like_ms(self, key: str) -> bool:
-        top: Any = self.client.zrevrange(key, 0, 0, withscores=True)
-        return bool(top) and float(top[0][1]) > 1e12
+        c = self.client
+        devices: int | None = None
+        pattern = _device_pattern(zone)
+        if pattern is not None:
+            cached = self._devices.get(zone)
+            if cached is not None and time.monotonic() - cached[0] < self.fleet_scan_s:
+                devices = cached[1]
+            else:  # a SCAN walks the whole keyspace: not on every sample
+                devices = sum(1 for _ in c.scan_iter(match=pattern, count=1000))
+                self._devices[zone] = (time.monotonic(), devices)
+        workers = ready = in_flight = 0
+        hb = getattr(keys, "worker_heartbeats", None)
+        if callable(hb):
+            beats: Any = c.hgetall(hb(zone))
+            for raw in beats.values():
+                doc = _json(raw)
+                ts = doc.get("ts_ms")
+                if not isinstance(ts, int | float) or now - ts > self.active_idle_ms:
+                    continue
+                workers += 1
+                ready += 1 if doc.get("ready") is True else 0
+                n = doc.get("in_flight")
+                in_flight += n if isinstance(n, int) and n >= 0 else 0
+        return [FleetStats(zone, devices, workers, ready, in_flight)]
 
     # -- exposition -------------------------------------------------------------------------------
 
@@ -531,19 +537,23 @@ def families(snap: Snapshot, failures: int = 0) -> Iterable[Metric]:
             used.add_metric([b.zone, b.scope, window], b.spend_usd.get(window, 0.0) / usd)
     yield from (state, forced, spend, limit, used)
 
-    devices = GaugeMetricFamily("hybrid_edge_devices", "Edge devices in the zone's registry.", labels=["zone"])
-    online = GaugeMetricFamily("hybrid_edge_devices_online", "Edge devices with a recent heartbeat.", labels=["zone"])
-    per_zone: dict[str, tuple[int, int | None]] = {}
-    for f in snap.fleet:  # several registry keys of one zone: the largest figure of each
-        n, up_n = per_zone.get(f.zone, (0, None))
-        both = [v for v in (up_n, f.online) if v is not None]
-        per_zone[f.zone] = (max(n, f.devices), max(both) if both else None)
-    for zone, (n, up_n) in sorted(per_zone.items()):
-        devices.add_metric([zone], n)
-        if up_n is not None:
-            online.add_metric([zone], up_n)
-    yield devices
-    yield online
+    devices = GaugeMetricFamily(
+        "hybrid_edge_devices_online", "Edge devices whose heartbeat key has not expired.", labels=["zone"]
+    )
+    workers = GaugeMetricFamily(
+        "hybrid_workers_alive", "GPU workers with a heartbeat within the active window.", labels=["zone"]
+    )
+    ready = GaugeMetricFamily(
+        "hybrid_workers_ready", "Live GPU workers that are ready and not draining.", labels=["zone"]
+    )
+    held = GaugeMetricFamily("hybrid_workers_in_flight_jobs", "Jobs the live GPU workers hold.", labels=["zone"])
+    for f in snap.fleet:
+        if f.devices_online is not None:
+            devices.add_metric([f.zone], f.devices_online)
+        workers.add_metric([f.zone], f.workers)
+        ready.add_metric([f.zone], f.workers_ready)
+        held.add_metric([f.zone], f.workers_in_flight)
+    yield from (devices, workers, ready, held)
 
 
 __all__ = [

@@ -151,13 +151,11 @@ def frame(snap: Snapshot, url: str, history: dict[str, deque[int]], interval: fl
         state = b.state.replace("_", "-") + (" (forced)" if b.forced else "")
         breakers.add_row(b.zone, b.scope, Text(state, style=style), *cells)
     parts: list[Any] = [head, lanes, dlq, breakers]
-    if snap.fleet:
-        fleet = Table("zone", "devices", "online", title="edge fleet")
-        for f in snap.fleet:
-            fleet.add_row(f.zone, str(f.devices), "-" if f.online is None else str(f.online))
-        parts.append(fleet)
-    else:
-        parts.append(Text("edge fleet: no device registry in Redis", style="dim"))
+    fleet = Table("zone", "edge devices online", "GPU workers alive", "ready", "jobs held", title="fleet")
+    for f in snap.fleet:
+        devices = "-" if f.devices_online is None else str(f.devices_online)
+        fleet.add_row(f.zone, devices, str(f.workers), str(f.workers_ready), str(f.workers_in_flight))
+    parts.append(fleet)
     mode = "exact (entries-added)" if snap.exact_counts else "running count since start (Redis 6.2)"
     parts.append(Text(f"added/removed: {mode}; Ctrl-C quits", style="dim"))
     return Group(*parts)

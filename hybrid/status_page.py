@@ -43,9 +43,11 @@ PAGE = """<!doctype html>
 <h2>Dead letters</h2>
 <table id="dlq"><thead><tr><th>zone</th><th class="l">reason</th><th>count (newest)</th><th>last failure</th>
 </tr></thead><tbody></tbody></table>
-<h2>Edge fleet</h2>
-<table id="fleet"><thead><tr><th>zone</th><th>devices</th><th>online</th></tr></thead><tbody></tbody></table>
-<p class="muted" id="foot"></p>
+<h2>Fleet</h2>
+<table id="fleet"><thead><tr><th>zone</th><th>edge devices online</th><th>GPU workers alive</th><th>ready</th>
+<th>jobs held</th></tr></thead><tbody></tbody></table>
+<p class="muted"><span id="foot"></span> Prometheus: <a href="metrics">metrics</a>,
+JSON: <a href="api/status">api/status</a></p>
 <script>
 "use strict";
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
@@ -158,11 +160,13 @@ function render(st) {
   }
   const fleet = document.querySelector("#fleet tbody");
   fleet.replaceChildren();
-  if (!snap.fleet.length) row(fleet, [{text: "no device registry in Redis", cls: "l muted"}, "", ""]);
-  for (const f of snap.fleet) row(fleet, [f.zone, f.devices, f.online === null ? "-" : f.online]);
-  document.getElementById("foot").textContent = "throughput counts are " +
-    (snap.exact_counts ? "exact (Redis entries-added)" : "the exporter's running count (Redis 6.2)") +
-    "; sample took " + (1000 * snap.scrape_s).toFixed(1) + " ms. Prometheus: metrics";
+  for (const f of snap.fleet) {
+    row(fleet, [f.zone, f.devices_online === null ? "-" : f.devices_online, f.workers, f.workers_ready,
+      f.workers_in_flight], {"data-zone": f.zone, "data-devices": f.devices_online, "data-workers": f.workers});
+  }
+  document.getElementById("foot").textContent = "added/removed: " +
+    (snap.exact_counts ? "exact (Redis entries-added)" : "the exporter's running count since it started (Redis 6.2)") +
+    "; sample took " + (1000 * snap.scrape_s).toFixed(1) + " ms.";
 }
 
 async function tick() {

@@ -193,3 +193,26 @@ def test_unreachable_redis_then_recovery(tmp_path: Path) -> None:
     finally:
         server.cleanup()
     assert not qm.sample().redis_up  # and notices it leaving
+
+
+def test_fleet_counts_live_devices_and_workers(r: redis.Redis, zone: str, redis_server) -> None:
+    import json
+
+    from broker.message import now_ms
+
+    for device in ("pi-1", "pi-2", "pi-3"):
+        r.set(keys.edge_device(zone, device), json.dumps({"device_id": device}), ex=30)
+    r.set(keys.edge_device("elsewhere", "pi-9"), "{}", ex=30)  # another zone's device
+    beats = {
+        "w-fresh": {"ready": True, "in_flight": 3, "ts_ms": now_ms()},
+        "w-draining": {"ready": False, "in_flight": 1, "ts_ms": now_ms() - 1000},
+        "w-stale": {"ready": True, "in_flight": 9, "ts_ms": now_ms() - 600_000},
+        "w-garbled": "not json",
+    }
+    r.hset(keys.worker_heartbeats(zone), mapping={k: json.dumps(v) for k, v in beats.items()})
+    qm = QueueMetrics(redis_server.url, [zone], active_idle_s=60)
+    [fleet] = qm.sample().fleet
+    assert (fleet.devices_online, fleet.workers, fleet.workers_ready, fleet.workers_in_flight) == (3, 2, 1, 4)
+    text = qm.exposition()
+    assert b'hybrid_edge_devices_online{zone="%s"} 3.0' % zone.encode() in text
+    assert b'hybrid_workers_alive{zone="%s"} 2.0' % zone.encode() in text
