@@ -86,15 +86,16 @@ function chart(st) {
   for (const vals of Object.values(series)) for (const v of vals) if (v !== null && v > max) max = v;
   svg.dataset.max = String(max);
   const t1 = t.length ? t[t.length - 1] : Date.now(), t0 = t1 - st.history_s * 1000;
+  const span = st.history_s >= 120 ? Math.round(st.history_s / 60) + " min" : Math.round(st.history_s) + " s";
   const x = ms => L + (W - L - R) * (ms - t0) / (t1 - t0 || 1);
   const y = v => T + (H - T - B) * (1 - v / max);
   svg.appendChild(el("svg:line", {x1: L, y1: y(0), x2: W - R, y2: y(0), stroke: "#999"}));
   svg.appendChild(el("svg:line", {x1: L, y1: T, x2: L, y2: y(0), stroke: "#999"}));
   svg.appendChild(el("svg:text", {x: L - 6, y: T + 10, "text-anchor": "end", "font-size": 11}, max));
   svg.appendChild(el("svg:text", {x: L - 6, y: y(0), "text-anchor": "end", "font-size": 11}, 0));
-  svg.appendChild(el("svg:text", {x: L, y: H - 8, "font-size": 11}, "-" + Math.round(st.history_s / 60) + " min"));
+  svg.appendChild(el("svg:text", {x: L, y: H - 8, "font-size": 11}, "-" + span));
   svg.appendChild(el("svg:text", {x: W - R, y: H - 8, "text-anchor": "end", "font-size": 11}, "now"));
-  for (let i = 0; i < t.length; i++) if (!st.history.up[i]) {
+  for (let i = 0; i < t.length; i++) if (!st.history.up[i] && t[i] >= t0) {
     svg.appendChild(el("svg:rect", {x: x(t[i]) - 2, y: T, width: 4, height: H - T - B, fill: "#fde2e1"}));
   }
   const legend = document.getElementById("legend");
@@ -103,7 +104,7 @@ function chart(st) {
     const vals = series[name], color = COLORS[i % COLORS.length];
     let d = "", last = null, lx = 0, ly = 0;
     for (let j = 0; j < vals.length; j++) {
-      if (vals[j] === null) continue;
+      if (vals[j] === null || t[j] < t0) continue;
       lx = x(t[j]).toFixed(1); ly = y(vals[j]).toFixed(1);
       d += (d ? " L" : "M") + lx + "," + ly;
       last = vals[j];
@@ -117,8 +118,7 @@ function chart(st) {
     item.appendChild(document.createTextNode(name + ": " + (last === null ? "-" : last)));
     legend.appendChild(item);
   });
-  document.getElementById("window").textContent =
-    "(last " + Math.round(st.history_s / 60) + " min, sampled every " + st.interval_s + " s)";
+  document.getElementById("window").textContent = "(last " + span + ", sampled every " + st.interval_s + " s)";
 }
 
 function render(st) {
