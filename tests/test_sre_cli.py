@@ -171,3 +171,32 @@ def test_exporter_port_in_use_is_a_usage_error(redis_server) -> None:
         port = s.getsockname()[1]
         res = CliRunner().invoke(cli, ["exporter", "--redis-url", redis_server.url, "--port", str(port)])
     assert res.exit_code == 2 and "cannot listen" in res.output
+
+
+def test_asgi_app_mounts_under_a_prefix(r: redis.Redis, sealer: Sealer, zone: str, redis_server) -> None:
+    """`hybrid up` mounts the same app in its own server: paths on the page are relative."""
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from broker.metrics import QueueMetrics
+    from hybrid.exporter import Monitor, asgi_app
+
+    make_backlog(r, sealer, zone)
+    app = FastAPI()
+    app.mount("/status", asgi_app(Monitor(QueueMetrics(redis_server.url, [zone]), interval_s=1)))
+
+    async def fetch() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://up") as client:
+            return (
+                await client.get("/status/"),
+                await client.get("/status/metrics"),
+                await client.get("/status/api/status"),
+            )
+
+    page, metrics, status = asyncio.run(fetch())
+    assert page.status_code == 200 and 'fetch("api/status"' in page.text
+    assert metric(metrics.content, "hybrid_queue_backlog", zone=zone, lane="batch") == 7
+    assert status.json()["snapshot"]["lanes"][1]["backlog"] == 7
