@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -74,3 +76,15 @@ def test_list_skips_garbage(r: redis.Redis, zone: str) -> None:
     r.set(keys.edge_device(zone, "junk"), b"not json", ex=30)
     r.set(keys.edge_device(zone, "ok"), json.dumps({"device_id": "ok", "zone": zone}), ex=30)
     assert [d["device_id"] for d in list_devices(r, zone)] == ["ok"]
+
+
+def test_the_edge_runtime_imports_no_torch_or_transformers() -> None:
+    code = (
+        "import sys\n"
+        "import edge_agent.agent, edge_agent.api, edge_agent.pii, edge_agent.vault, edge_agent.outbox\n"
+        "import edge_agent.device, edge_agent.metrics, hybrid.commands_edge\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'gpu_worker'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ""
