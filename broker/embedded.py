@@ -57,9 +57,10 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One redis-server process of our own. Use as a context manager, or `start()` / `stop()`.
 
-    `appendonly=True` turns on the AOF with `appendfsync always`, so a restart loses nothing that
-    was acknowledged. `restart()` stops the server and starts it again on the same port and data
-    directory.
+    `appendonly=True` turns on the AOF with `appendfsync always` (or the `appendfsync` given:
+    `everysec` may lose up to about a second of acknowledged writes in a crash), so a restart loses
+    nothing that was acknowledged. `restart()` stops the server and starts it again on the same port
+    and data directory; `kill()` is the crash (SIGKILL, no AOF rewrite, no clean shutdown).
     """
 
     def __init__(
@@ -70,11 +71,15 @@ class EmbeddedRedis:
         appendonly: bool = False,
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        appendfsync: str = "always",
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="hyb-redis-"))
         self.port = port or free_port()
         self.appendonly = appendonly
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ConfigError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        self.appendfsync = appendfsync
         self.binary = binary or find_redis_server()
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
@@ -102,7 +107,7 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
@@ -148,6 +153,13 @@ class EmbeddedRedis:
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; `start()` brings it back on the same port and data directory."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
 

@@ -45,7 +45,7 @@ def parse_tasks(tasks: str) -> list[str]:
         raise ConfigError("--tasks is empty: name tasks, e.g. --tasks embed,classify (or builtin, or all)")
     if "all" in wanted:
         wanted = ["builtin", *MODEL_TASKS]
-    unknown = sorted(set(wanted) - {"builtin", *BUILTIN, *MODEL_TASKS})
+    unknown = sorted(set(wanted) - {"builtin", "chaos", *BUILTIN, *MODEL_TASKS})
     if unknown:
         raise ConfigError(
             f"unknown task(s) {', '.join(unknown)}; choose from builtin, all, {', '.join(BUILTIN + MODEL_TASKS)}"
@@ -57,6 +57,10 @@ def select_runners(tasks: str, models_dir: str | None = None) -> list[ModelRunne
     """Runners for a comma-separated task list (see `parse_tasks`); model runners load lazily."""
     wanted = parse_tasks(tasks)
     runners: list[ModelRunner] = [r for r in builtin_runners() if "builtin" in wanted or r.task in wanted]
+    if "chaos" in wanted:  # the fault-injection harness's task (benchmarks/chaos.py): logs each execution
+        from gpu_worker.runners.chaos import ChaosRunner
+
+        runners.append(ChaosRunner())
     model_tasks = [t for t in MODEL_TASKS if t in wanted]
     if model_tasks:
         from gpu_worker.runners.registry import build_runners  # torch and transformers load only here
@@ -161,7 +165,8 @@ def worker_run(
         health.stop()
     click.echo(
         f"worker {w.name} done: {stats.completed} results ({stats.expired} expired, {stats.rejected} rejected, "
-        f"{stats.failed} failed), {consumer.stats.reclaimed} reclaimed, "
+        f"{stats.failed} failed), {consumer.stats.reclaimed} reclaimed, {consumer.stats.duplicates} duplicate "
+        "results refused, "
         f"{sum(consumer.stats.dead_lettered.values())} dead-lettered, {stats.abandoned} left pending",
         err=True,
     )

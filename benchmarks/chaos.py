@@ -1,0 +1,363 @@
+"""Chaos benchmark: what the pipeline survives, counted — real processes, real Redis, loopback only.
+
+    python -m benchmarks.chaos [--quick] [--out benchmarks/results/chaos.json]
+
+Faults (quick: 2,000 jobs, faults 1-4, well under 5 minutes on 2 cores; full: 10,000 jobs and fault 5):
+
+1. `worker_kills`: a fixed pool of `hybrid worker run --tasks chaos` processes kept by the real
+   `Supervisor`; a chaos driver SIGKILLs a random worker every 2 s, the supervisor restarts it.
+2. `redis_restart_always` / `redis_restart_everysec`: Redis SIGKILLed and started again on the same data
+   directory twice during the run (AOF, `appendfsync always` / `everysec`). The producer records every
+   submit that raised `RedisUnavailable` and resubmits it with the same job ids.
+3. `edge_cut`: the edge agent cut off from Redis (a TCP proxy we control) for 60 s (quick: 10 s) while
+   requests go on: async jobs wait in the outbox, interactive requests get the fallback answer, and after
+   the cut every queued job reaches the stream, in order.
+4. `worker_sigstop`: a worker SIGSTOPped mid-batch; another reclaims its jobs after min-idle; SIGCONT:
+   its late results are refused (SET NX), no duplicate.
+5. `cluster_master_kill` (full only): the pipeline on a 3-master Redis Cluster; one master is killed.
+
+Per fault: `submitted`, `results`, `lost` (submitted and acknowledged, no result at the end),
+`duplicate_results` (a job id notified twice on the producer's reply stream, or a result whose output is
+not its own job's), `re_executions` (runs beyond the first, from the chaos runner's execution logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.chaos_lib import (
+    FixedPool,
+    chaos_specs,
+    check_outputs,
+    collect_results,
+    count_results,
+    exec_summary,
+    reply_duplicates,
+    wait_until,
+    worker_argv,
+    worker_env,
+)
+from benchmarks.report import machine, write_result
+from broker import keys
+from broker.client import Client
+from broker.connection import connect
+from broker.embedded import EmbeddedRedis
+from broker.envelope import Envelope
+from broker.errors import RedisUnavailable
+from broker.keyring import LocalKeyring
+from broker.message import Sealer
+
+RESULTS = Path(__file__).parent / "results" / "chaos.json"
+PRODUCER = "chaos-producer"
+
+
+def _keyring(work: Path, zone: str) -> tuple[Path, Sealer]:
+    path = work / "keyring.json"
+    if not path.exists():
+        LocalKeyring.init_zone(path, zone)
+    return path, Sealer(Envelope(LocalKeyring(path, zones=[zone])))
+
+
+def _figures(
+    r: Any, sealer: Sealer, zone: str, prefix: str, ids: list[str], exec_dir: Path, submitted: int
+) -> dict[str, Any]:
+    results = collect_results(r, sealer, zone, ids)
+    wrong = check_outputs(results, prefix)
+    _, notified_twice = reply_duplicates(r, zone, PRODUCER)
+    ex = exec_summary(exec_dir, ids)
+    return {
+        "submitted": submitted,
+        "results": len(results),
+        "lost": len(ids) - len(results),
+        "duplicate_results": notified_twice + wrong,
+        "re_executions": ex.re_executions,
+        "jobs_run_more_than_once": ex.jobs_run_more_than_once,
+        "executions": ex.executions,
+    }
+
+
+# -- fault 1: SIGKILL a random worker every 2 s ----------------------------------------------------------
+
+
+def fault_worker_kills(
+    redis_url: str, work: Path, zone: str, n_jobs: int, *, workers: int = 3, kill_every_s: float = 2.0,
+    ms: float = 20.0, min_idle_ms: int = 1500, timeout_s: float = 300.0, seed: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    keyring, sealer = _keyring(work, zone)
+    r = connect(redis_url)
+    ids = Client(r, sealer, zone, name=PRODUCER).submit_many(chaos_specs("k", n_jobs, ms))
+    exec_dir = work / "execs-kills"
+    pool = FixedPool(redis_url, zone, keyring, exec_dir, work / "logs-kills", replicas=workers, min_idle_ms=min_idle_ms)
+    rng = random.Random(seed)
+    started = time.monotonic()
+    next_kill = started + kill_every_s
+    try:
+        while time.monotonic() - started < timeout_s:
+            pool.step()
+            if time.monotonic() >= next_kill:
+                pool.kill_random(rng)
+                next_kill += kill_every_s
+            if count_results(r, zone, ids) == n_jobs:
+                break
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+    finally:
+        pool.shutdown()
+    out = _figures(r, sealer, zone, "k", ids, exec_dir, n_jobs)
+    stream = keys.jobs_stream(zone, "batch")
+    out.update(
+        workers=workers, workers_killed=pool.kills, restarts=pool.supervisor.stats.restarted,
+        result_writes_refused_clean_exits=pool.refused_duplicates(), seconds=round(elapsed, 1),
+        left_in_stream=int(r.xlen(stream)), pending=int(r.xpending(stream, keys.GROUP)["pending"]),
+    )  # fmt: skip
+    return out
+
+
+# -- fault 2: Redis SIGKILLed and restarted on the same data directory ------------------------------------
+
+
+def fault_redis_restarts(
+    work: Path, zone: str, n_jobs: int, appendfsync: str, *, workers: int = 2, restarts: int = 2,
+    down_s: float = 1.0, ms: float = 5.0, chunk: int = 50, min_idle_ms: int = 1500, timeout_s: float = 240.0,
+    pace_s: float = 15.0, binary: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    keyring, sealer = _keyring(work, zone)
+    server = EmbeddedRedis(work / f"redis-{appendfsync}", appendonly=True, appendfsync=appendfsync, binary=binary)
+    server.start()
+    exec_dir = work / f"execs-{appendfsync}"
+    pool = FixedPool(server.url, zone, keyring, exec_dir, work / f"logs-{appendfsync}", replicas=workers,
+                     min_idle_ms=min_idle_ms, prefix=f"aof-{appendfsync}")  # fmt: skip
+    r = connect(server.url)
+    client = Client(r, sealer, zone, name=PRODUCER)
+    specs = chaos_specs("a", n_jobs, ms)
+    chunks = [specs[i : i + chunk] for i in range(0, n_jobs, chunk)]
+    kill_at = {len(chunks) * (k + 1) // (restarts + 1) for k in range(restarts)}
+    acked: list[str] = []
+    unacked: set[str] = set()  # the producer knows these submits were not acknowledged
+    ever_unacked: set[str] = set()
+    retry: list[Any] = []
+    kills = 0
+    started = time.monotonic()
+    try:
+        _wait_ready(pool, r, zone, workers)
+        for n, batch in enumerate(chunks):
+            pool.step()
+            if n in kill_at:
+                server.kill()
+                kills += 1
+                down_until = time.monotonic() + down_s
+                while time.monotonic() < down_until:  # submits go on while it is down: they fail, are noted
+                    try:
+                        acked += client.submit_many(batch)
+                        break
+                    except RedisUnavailable:
+                        unacked.update(str(s.job_id) for s in batch)
+                        ever_unacked.update(str(s.job_id) for s in batch)
+                        retry.append(batch)
+                        batch = []
+                        time.sleep(0.1)
+                server.start()
+                if not batch:
+                    continue
+            for pending_batch in [*retry, batch]:
+                if not pending_batch:
+                    continue
+                try:
+                    acked += client.submit_many(pending_batch)  # same job ids: idempotent
+                    unacked.difference_update(str(s.job_id) for s in pending_batch)
+                except RedisUnavailable:
+                    unacked.update(str(s.job_id) for s in pending_batch)
+                    ever_unacked.update(str(s.job_id) for s in pending_batch)
+                    if pending_batch is batch:
+                        retry.append(batch)
+                    continue
+                if pending_batch is not batch:
+                    retry.remove(pending_batch)
+            time.sleep(pace_s / len(chunks))  # submissions spread over the run: kills hit a busy pipeline
+        while retry and time.monotonic() - started < timeout_s:
+            pool.step()
+            batch = retry[0]
+            try:
+                acked += client.submit_many(batch)
+                unacked.difference_update(str(s.job_id) for s in batch)
+                retry.pop(0)
+            except RedisUnavailable:
+                time.sleep(0.2)
+        ids = sorted(set(acked))
+        while time.monotonic() - started < timeout_s:
+            pool.step()
+            if count_results(r, zone, ids) == len(ids):
+                break
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+    finally:
+        pool.shutdown()
+    out = _figures(r, sealer, zone, "a", ids, exec_dir, n_jobs)
+    out.update(
+        appendfsync=appendfsync, redis_kills=kills, unacknowledged_submits=len(ever_unacked),
+        resubmitted=len(ever_unacked - unacked), never_acknowledged=len(unacked),
+        worker_restarts=pool.supervisor.stats.restarted, seconds=round(elapsed, 1),
+    )  # fmt: skip
+    out["lost"] = len(ids) - out["results"]  # acknowledged submits without a result
+    server.cleanup()
+    return out
+
+
+def _wait_ready(pool: FixedPool, r: Any, zone: str, workers: int, timeout_s: float = 60.0) -> None:
+    """Step the pool until its workers have all reported (heartbeat) — they consume from then on."""
+    deadline = time.monotonic() + timeout_s
+    while int(r.hlen(keys.worker_heartbeats(zone))) < workers and time.monotonic() < deadline:
+        pool.step()
+        time.sleep(0.2)
+
+
+# -- fault 4: a worker SIGSTOPped mid-batch --------------------------------------------------------------
+
+
+def fault_sigstop(
+    redis_url: str, work: Path, zone: str, n_jobs: int, *, ms: float = 20.0, min_idle_ms: int = 2000,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:  # fmt: skip
+    keyring, sealer = _keyring(work, zone)
+    r = connect(redis_url)
+    ids = Client(r, sealer, zone, name=PRODUCER).submit_many(chaos_specs("s", n_jobs, ms))
+    exec_dir = work / "execs-stop"
+    logs = work / "logs-stop"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = worker_env(exec_dir)
+    stream = keys.jobs_stream(zone, "batch")
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        with open(logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen(worker_argv(redis_url, zone, keyring, name, min_idle_ms=min_idle_ms),
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+    victim = start("sleeper")
+    rescuer: subprocess.Popen[bytes] | None = None
+    started = time.monotonic()
+    try:
+        # mid-batch: the victim has written its first execution records (a batch is running)
+        if not wait_until(lambda: any(p.stat().st_size > 0 for p in exec_dir.glob(f"{victim.pid}.execs")), 60, 0.01):
+            raise RuntimeError("the worker never started a batch")
+        victim.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        held = _pending_of(r, stream, "sleeper")
+        rescuer = start("rescuer")
+        all_done = wait_until(lambda: count_results(r, zone, ids) == n_jobs, timeout_s, 0.25)
+        reclaim_s = time.monotonic() - stopped_at
+        victim.send_signal(signal.SIGCONT)
+        # the sleeper wakes holding jobs that are done: let it finish its batch and try to store them
+        time.sleep(max(2.0, ms * 40 / 1000))
+    finally:
+        victim.send_signal(signal.SIGCONT)
+        for p in (victim, rescuer):
+            if p is not None:
+                p.send_signal(signal.SIGTERM)
+        for p in (victim, rescuer):
+            if p is not None:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    out = _figures(r, sealer, zone, "s", ids, exec_dir, n_jobs)
+    refused = {}
+    for name in ("sleeper", "rescuer"):
+        text = (logs / f"{name}.log").read_text(errors="replace")
+        refused[name] = int(text.split(" duplicate results refused")[0].rsplit(" ", 1)[1]) if "refused" in text else -1
+    out.update(
+        held_when_stopped=held, all_results_while_stopped=all_done, seconds_to_all_results=round(reclaim_s, 1),
+        late_results_refused=refused["sleeper"], rescuer_refused=refused["rescuer"],
+        victim_exit=victim.returncode, pending=int(r.xpending(stream, keys.GROUP)["pending"]),
+        left_in_stream=int(r.xlen(stream)), seconds=round(time.monotonic() - started, 1),
+    )  # fmt: skip
+    return out
+
+
+def _pending_of(r: Any, stream: str, consumer: str) -> int:
+    for c in r.xinfo_consumers(stream, keys.GROUP):
+        name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+        if name == consumer:
+            return int(c["pending"])
+    return 0
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def _table(faults: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="chaos: jobs through each fault")
+    for col in ("fault", "submitted", "results", "lost", "duplicate results", "re-executions", "notes"):
+        table.add_column(col, justify="left" if col in ("fault", "notes") else "right")
+    for name, f in faults.items():
+        note = f.get("note", "")
+        table.add_row(name, str(f.get("submitted", "")), str(f.get("results", "")), str(f.get("lost", "")),
+                      str(f.get("duplicate_results", "")), str(f.get("re_executions", "")), note)  # fmt: skip
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2,000 jobs, faults 1-4 (under 5 minutes)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--only", default="", help="comma-separated faults to run (default: all)")
+    args = ap.parse_args(argv)
+    n = 2000 if args.quick else 10_000
+    only = {x for x in args.only.split(",") if x}
+    console = Console()
+    faults: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    with tempfile.TemporaryDirectory(prefix="hyb-chaos-") as tmp:
+        work = Path(tmp)
+        with EmbeddedRedis(work / "redis-main") as server:
+            if want("worker_kills"):
+                faults["worker_kills"] = fault_worker_kills(server.url, work / "f1", "chaos-kills", n,
+                                                            ms=20 if args.quick else 10)  # fmt: skip
+                faults["worker_kills"]["note"] = f"{faults['worker_kills']['workers_killed']} SIGKILLs"
+                console.print(faults["worker_kills"])
+            if want("worker_sigstop"):
+                faults["worker_sigstop"] = fault_sigstop(server.url, work / "f4", "chaos-stop", min(n, 2000))
+                faults["worker_sigstop"]["note"] = (
+                    f"{faults['worker_sigstop']['held_when_stopped']} held; "
+                    f"{faults['worker_sigstop']['late_results_refused']} late results refused"
+                )
+                console.print(faults["worker_sigstop"])
+        for mode in ("always", "everysec"):
+            name = f"redis_restart_{mode}"
+            if want(name):
+                faults[name] = fault_redis_restarts(work / f"f2-{mode}", f"chaos-aof-{mode}", n, mode)
+                f = faults[name]
+                f["note"] = f"{f['redis_kills']} kills; {f['unacknowledged_submits']} unacked → resubmitted"
+                console.print(faults[name])
+    result = {
+        "benchmark": "chaos",
+        "config": {**machine(), "jobs": n, "quick": args.quick},
+        "faults": faults,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    write_result(args.out, result)
+    console.print(_table(faults))
+    console.print(f"wrote {args.out} in {result['seconds']} s")
+    return 0 if all(f.get("lost", 0) == 0 and f.get("duplicate_results", 0) == 0 for f in faults.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["fault_redis_restarts", "fault_sigstop", "fault_worker_kills", "main"]
