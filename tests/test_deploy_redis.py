@@ -398,3 +398,27 @@ def test_aof_is_on_and_survives_a_restart(locked: LockedRedis) -> None:
     locked.start()
     assert locked.client("admin").xlen(stream) == before
     assert any((locked.dir / "data").rglob("*.aof"))
+
+
+def test_the_committed_compose_redis_conf_starts_redis_7(tmp_path: Path, locked: LockedRedis) -> None:
+    """deploy/compose/redis.conf as shipped (only its paths, port and bind pointed at this test) loads and serves."""
+    conf = (Path(__file__).resolve().parent.parent / "deploy" / "compose" / "redis.conf").read_text()
+    port = free_port()
+    local = (
+        conf.replace("/tls/", f"{locked.dir / 'tls'}/")
+        .replace("aclfile /etc/redis/users.acl", f"aclfile {locked.dir / 'users.acl'}")
+        .replace("dir /data", f"dir {tmp_path}")
+        .replace("tls-port 6380", f"tls-port {port}")
+        .replace("bind * -::*", "bind 127.0.0.1")
+    )
+    assert local.count(str(locked.dir)) == 4 and " /data" not in local  # every path was replaced
+    (tmp_path / "redis.conf").write_text(local)
+    server = LockedRedis(port, locked.certs, locked.passwords, tmp_path, tmp_path / "redis.conf")
+    server.start()
+    try:
+        admin = server.client("admin")
+        assert admin.config_get("appendonly")["appendonly"] == "yes"
+        _refused(server.client(f"edge-{ZONE}"), "XRANGE", keys.jobs_stream(ZONE, "batch"), "-", "+")
+        admin.close()
+    finally:
+        server.stop()

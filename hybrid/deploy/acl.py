@@ -108,7 +108,7 @@ def edge_user(zone: str) -> AclUser:
             Selector(("del",), (KeyGrant(_z(zone, "reply:*")),)),
             Selector(("hget", "hmget"), (KeyGrant(_z(zone, "breaker"), "R"),)),
             # the device's capability report (a string with a TTL, refreshed by its heartbeat)
-            Selector(("set", "setex", "expire", "pexpire"), (KeyGrant(_z(zone, "device:*"), "W"),)),
+            Selector(("set", "setex", "expire", "pexpire", "del"), (KeyGrant(_z(zone, "device:*"), "W"),)),
         ),
         summary="XADD to its zone's job streams through the APPEND/ADMIT scripts; read its results and replies",
     )
