@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "hybrid.commands_deploy",
     "hybrid.commands_edge",
     "hybrid.commands_grade",
+    "hybrid.commands_models",
     "hybrid.commands_worker",
     "hybrid.commands_sre",
     "hybrid.demo",
