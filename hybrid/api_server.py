@@ -421,8 +421,8 @@ def create_app(
             raise ApiError(429, str(exc), {"Retry-After": str(wait)}, **extra) from None
         except PayloadTooLarge as exc:
             raise ApiError(413, str(exc)) from None
-        except ValueError as exc:
-            raise ApiError(422, str(exc)) from None
+        except (ValueError, OverflowError, TypeError) as exc:  # e.g. an integer msgpack cannot hold
+            raise ApiError(422, f"job cannot be sealed: {exc}") from None
 
     @app.post(
         "/v1/jobs",
@@ -454,7 +454,11 @@ def create_app(
         with submit_lock:
             return broker.get_result(job_id)
 
-    not_found: dict[int | str, dict[str, Any]] = {**refusals, 404: {"model": ErrorBody, "description": "no such job"}}
+    not_found: dict[int | str, dict[str, Any]] = {
+        **refusals,
+        404: {"model": ErrorBody, "description": "no such job"},
+        422: {"model": ErrorBody, "description": "bad parameter"},
+    }
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=not_found)
     def get_job(job_id: str, tenant: Tenant) -> JobView:
