@@ -43,10 +43,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from broker import keys
+from broker import breaker, keys
 from broker.breaker import STATE_VALUE, State
 from broker.errors import ConfigError
-from broker.ledger import CostBreaker, Ledger
+from broker.ledger import WINDOWS, CostBreaker, Ledger
 
 _REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -247,6 +247,8 @@ class QueueMetrics(Collector):
         self._counts: dict[str, list[int]] = {}  # stream → [added, removed] (6.2)
         self._prev_len: dict[str, int] = {}
         self._failures = 0
+        self._scripts = True  # cleared when the ACL refuses EVAL/EVALSHA
+        self._server_time = True  # cleared when the ACL refuses TIME
         self.latest: Snapshot = Snapshot(taken_ms=0, redis_up=False, error="not sampled yet", zones=self.zones)
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -274,12 +276,21 @@ class QueueMetrics(Collector):
     def failures(self) -> int:
         return self._failures
 
+    def _now(self) -> int:
+        """Redis server time in ms (entry ids carry its clock); the local clock where TIME is not allowed."""
+        if self._server_time:
+            try:
+                sec, usec = self.client.time()
+                return int(sec) * 1000 + int(usec) // 1000
+            except redis.exceptions.NoPermissionError:
+                self._server_time = False
+        return time.time_ns() // 1_000_000
+
     def _read(self) -> Snapshot:
         c = self.client
         info: Any = c.info("server")
         version = _s(info.get("redis_version", "")) if isinstance(info, dict) else ""
-        sec, usec = c.time()
-        now = int(sec) * 1000 + int(usec) // 1000
+        now = self._now()
         snap = Snapshot(taken_ms=now, redis_up=True, redis_version=version, zones=self.zones)
         exact = True
         for zone in self.zones:
@@ -316,15 +327,8 @@ class QueueMetrics(Collector):
                 rows: Any = c.xinfo_consumers(stream, keys.GROUP)
                 active = sum(1 for row in rows if int(row.get("idle", 0)) < self.active_idle_ms)
         prev = self._last_id.get(stream, "")
-        res: Any = self._lane_script(keys=[stream], args=[last_delivered if group else "", prev, _PAGE])
-        length, last_gen, added = int(res[0]), _s(res[1]), int(res[2])
-        first, undelivered, new, newest = _s(res[3]), _s(res[4]), int(res[5]), _s(res[6])
-        while new and new % _PAGE == 0 and newest:  # a full page: read on (6.2 only)
-            more: Any = self._lane_script(keys=[stream], args=[last_delivered if group else "", newest, _PAGE])
-            if not int(more[5]):
-                break
-            new += int(more[5])
-            newest = _s(more[6])
+        delivered_arg = last_delivered if group else ""
+        length, last_gen, added, first, undelivered, new = self._stream_ids(stream, delivered_arg, prev)
         exact = added >= 0 or (length == 0 and not last_gen)
         if added >= 0:
             added_total, removed_total = added, max(added - length, 0)
@@ -355,6 +359,48 @@ class QueueMetrics(Collector):
             exact,
         )
 
+    def _stream_ids(self, stream: str, last_delivered: str, prev: str) -> tuple[int, str, int, str, str, int]:
+        """(XLEN, last-generated-id, entries-added or -1, first id, first undelivered id, entries after `prev`).
+
+        One Lua call returning ids only; where scripts are not allowed (a read-only ACL user such as
+        the deployment's `exporter`), plain reads that fetch a few entries (and, on 6.2, the new ones)."""
+        if self._scripts:
+            try:
+                res: Any = self._lane_script(keys=[stream], args=[last_delivered, prev, _PAGE])
+            except redis.exceptions.NoPermissionError:
+                self._scripts = False
+            else:
+                new, newest = int(res[5]), _s(res[6])
+                while new and new % _PAGE == 0 and newest:  # a full page: read on (6.2 only)
+                    more: Any = self._lane_script(keys=[stream], args=[last_delivered, newest, _PAGE])
+                    if not int(more[5]):
+                        break
+                    new += int(more[5])
+                    newest = _s(more[6])
+                return int(res[0]), _s(res[1]), int(res[2]), _s(res[3]), _s(res[4]), new
+        c = self.client
+        if not c.exists(stream):
+            return 0, "", -1, "", "", 0
+        info: Any = c.xinfo_stream(stream)
+        length, last_gen = int(info.get("length", 0)), _s(info.get("last-generated-id", ""))
+        added = int(info["entries-added"]) if info.get("entries-added") is not None else -1
+        head: Any = c.xrange(stream, count=1)
+        first = _s(head[0][0]) if head else ""
+        undelivered = first
+        if last_delivered:
+            after: Any = c.xrange(stream, min="(" + last_delivered, count=1)
+            undelivered = _s(after[0][0]) if after else ""
+        new = 0
+        if added < 0 and prev:
+            cursor = prev
+            while True:
+                page: Any = c.xrange(stream, min="(" + cursor, count=_PAGE)
+                new += len(page)
+                if len(page) < _PAGE:
+                    break
+                cursor = _s(page[-1][0])
+        return length, last_gen, added, first, undelivered, new
+
     def _dlq(self, zone: str) -> DeadLetterStats:
         c = self.client
         stream = keys.dlq_stream(zone)
@@ -381,22 +427,33 @@ class QueueMetrics(Collector):
         return DeadLetterStats(zone, int(size), self.dlq_window, reasons, newest)
 
     def _budgets(self, zone: str, now: int) -> list[ScopeBudget]:
-        ledger = Ledger(self.client, zone, clock=lambda: now)
-        try:
-            status = CostBreaker(ledger, clock=lambda: now).status()
-        except redis.ResponseError:  # e.g. an ACL user without hash writes (status prunes old buckets)
-            return []
-        return [
-            ScopeBudget(
-                zone=zone,
-                scope=s.scope,
-                state=s.state.value,
-                forced=s.forced is not None,
-                spend_usd=dict(s.spend),
-                budget_usd=dict(s.budget),
+        """Spend, budgets and breaker state of every scope, read only (`CostBreaker.status` also prunes)."""
+        c = self.client
+        cost = CostBreaker(Ledger(c, zone, clock=lambda: now), clock=lambda: now)
+        budgets = cost.ledger.budgets()
+        fields: Any = c.hkeys(keys.breaker_state(zone))
+        known = {_s(f) for f in fields if not _s(f).startswith("alert|")}
+        scopes = sorted({scope for scope, _ in budgets} | known | {"global"})
+        out: list[ScopeBudget] = []
+        for scope, st in cost.states(scopes).items():
+            buckets: Any = c.hgetall(keys.spend(zone, scope))
+            spend = dict.fromkeys(WINDOWS, 0.0)
+            for minute, micro in buckets.items():
+                age = now // 60_000 - int(minute)
+                for window, minutes in WINDOWS.items():
+                    if age < minutes:  # as `Ledger.spend` (a bucket a little ahead: clock skew)
+                        spend[window] += int(micro) / 1_000_000
+            out.append(
+                ScopeBudget(
+                    zone=zone,
+                    scope=scope,
+                    state=breaker.effective(st, now).value,
+                    forced=st.forced is not None,
+                    spend_usd=spend,
+                    budget_usd={w: usd for (sc, w), usd in budgets.items() if sc == scope},
+                )
             )
-            for s in status
-        ]
+        return out
 
     def _fleet(self, zone: str, now: int) -> list[FleetStats]:
         c = self.client

@@ -216,3 +216,42 @@ def test_fleet_counts_live_devices_and_workers(r: redis.Redis, zone: str, redis_
     text = qm.exposition()
     assert b'hybrid_edge_devices_online{zone="%s"} 3.0' % zone.encode() in text
     assert b'hybrid_workers_alive{zone="%s"} 2.0' % zone.encode() in text
+
+
+@pytest.mark.parametrize("binary", [None, REDIS7], ids=["redis-6.2", "redis-7"])
+def test_read_only_acl_user_sees_the_same_figures(
+    binary: str | None, tmp_path: Path, sealer: Sealer, zone: str
+) -> None:
+    """The deployment's `exporter` user may only read (`-@all +@read -@dangerous +info +ping`): no
+    EVAL, no TIME, no writes. The collector falls back to plain reads and reports the same figures."""
+    if binary and not Path(binary).exists():
+        pytest.skip(f"{binary} not installed")
+    grant = "%R~hyb:*" if binary else "~hyb:*"  # read-only key patterns exist from Redis 7
+    acl = ["--user", "exporter", "on", ">pw", "-@all", "+@read", "-@dangerous", "+info", "+ping", grant]
+    server = EmbeddedRedis(tmp_path, binary=binary, extra_args=acl).start()
+    try:
+        r = connect(server.url)
+        ro_url = f"redis://exporter:pw@127.0.0.1:{server.port}/0"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            connect(ro_url).time()
+        full, ro = QueueMetrics(server.url, [zone]), QueueMetrics(ro_url, [zone])
+        full.sample(), ro.sample()  # 6.2: both start their running counts here
+        make_backlog(r, sealer, zone)
+        ledger = Ledger(r, zone)
+        ledger.set_budget("global", "day", 10.0)
+        r.hincrby(keys.spend(zone, "global"), str(int(r.time()[0]) // 60), 9_000_000)
+        CostBreaker(ledger).evaluate()
+        a, b = full.sample(), ro.sample()
+        assert b.redis_up, b.error
+        assert not ro._scripts and not ro._server_time and full._scripts
+        strip = [
+            (ln.lane, ln.backlog, ln.pending, ln.lag, ln.consumers, ln.added_total, ln.removed_total) for ln in a.lanes
+        ]
+        assert strip == [
+            (ln.lane, ln.backlog, ln.pending, ln.lag, ln.consumers, ln.added_total, ln.removed_total) for ln in b.lanes
+        ]
+        assert a.dlq[0].reasons == b.dlq[0].reasons == {"tampered": 1}
+        assert a.budgets == b.budgets and b.budgets[0].spend_usd["day"] == pytest.approx(9.0)
+        assert a.exact_counts == b.exact_counts
+    finally:
+        server.cleanup()
