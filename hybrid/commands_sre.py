@@ -80,6 +80,7 @@ def exporter(
         click.echo("Redis is up" if snap.redis_up else f"Redis is DOWN: {snap.error} (retrying)", err=True)
 
     monitor = Monitor(metrics, interval_s=interval, history_s=max(history, interval), on_change=report)
+    monitor.refresh()  # the first request never sees "not sampled yet"
     try:
         server = serve(monitor, host, port)
     except OSError as exc:

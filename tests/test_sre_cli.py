@@ -111,7 +111,7 @@ def test_exporter_page_json_metrics_and_top_agree(
     port = start("--redis-url", redis_server.url, "--zone", zone)
     base = f"http://127.0.0.1:{port}"
     status = poll(lambda: json.loads(get(base + "/api/status")), "the exporter")
-    assert status["redis"]["up"], status
+    assert status["redis"]["up"], status  # the exporter samples once before it listens
     text = get(base + "/metrics")
     status = json.loads(get(base + "/api/status"))  # after the scrape: the same sample
     page = get(base + "/").decode()
