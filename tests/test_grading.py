@@ -368,3 +368,13 @@ def test_scheduled_run_is_enqueued_at_its_time_and_run_by_an_rq_worker(
     # the run enqueued its next occurrence, in the future
     later = [j for j in ScheduledJobRegistry(queue=queue).get_job_ids() if j != job.id]  # type: ignore[no-untyped-call]
     assert len(later) == 1 and later[0].startswith(f"grade-{zone}-{schedule.name}-")
+
+
+def test_run_registry_marks_a_silent_running_run_stale_and_keeps_its_start(r: redis.Redis, zone: str) -> None:
+    registry = RunRegistry(r, zone)
+    registry.update("crashed", status="running", started=1000.0, heartbeat=time.time() - 120)
+    registry.update("alive", status="running", started=2000.0, heartbeat=time.time())
+    assert [(x["run_id"], x["status"]) for x in registry.list()] == [("alive", "running"), ("crashed", "stale")]
+    registry.update("crashed", status="running", resumed=3000.0, heartbeat=time.time())
+    again = registry.get("crashed")
+    assert again is not None and again["started"] == 1000.0 and again["status"] == "running"

@@ -148,7 +148,9 @@ class GradeRun:
             write_rejects(rejects_path, rejects)
         tenants = sorted({i.tenant for i in items})
         spend_before = self.spend(tenants) if self.spend else 0.0
-        self._register(run_id, status="running", started=started_wall, heartbeat=started_wall, **(meta or {}))
+        first = self.registry.get(run_id) if self.registry is not None else None
+        when = {"resumed": started_wall} if first is not None else {"started": started_wall}
+        self._register(run_id, status="running", heartbeat=started_wall, finished=None, **when, **(meta or {}))
         try:
             rows = self._drive(items, run_id, summary, started)
         except BaseException as exc:
