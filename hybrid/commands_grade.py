@@ -187,7 +187,7 @@ def grade_schedule(
 
     --output and --rejects may contain {run_id} and {date}, e.g. --output 'grades-{date}.jsonl'.
     """
-    from hybrid.grading.schedule import Schedule, add_schedule
+    from hybrid.grading.schedule import Schedule, add_schedule, check_schedule_request
 
     settings = settings_from(redis_url, zone, keyring)
     request = _request(kw, None)
@@ -195,6 +195,8 @@ def grade_schedule(
     request.output = str(Path(request.output).resolve())
     request.rejects = str(Path(request.rejects).resolve()) if request.rejects else None
     schedule = Schedule(name, cron, settings.zone, request, keyring=str(settings.keyring))
+    check_schedule_request(schedule)  # bad input is said before Redis is asked
+    request.check()
     job, when = add_schedule(redis_for(settings), schedule)
     click.echo(f"scheduled {name} ({cron}, UTC): next run {when:%Y-%m-%d %H:%M} UTC as RQ job {job.id}")
 
