@@ -1,14 +1,15 @@
 """The broker exporter's engine: a sampler with an in-memory history, and the HTTP app serving it.
 
-    GET /metrics       Prometheus text (a fresh sample; `hybrid_redis_up 0` when Redis cannot be read)
+    GET /metrics       Prometheus text of the latest sample (`hybrid_redis_up 0` when Redis cannot be read)
     GET /api/status    JSON: the latest sample, plus per-lane backlog over the last minutes
     GET /              the status page (one self-contained HTML page, inline JS/SVG, no CDN)
 
 `Monitor` samples `broker.metrics.QueueMetrics` every `interval_s` seconds into a ring of
-`history_s` seconds. The app is plain routing (`respond`) wrapped for any server: `wsgi_app` (mount
-it in a WSGI server, or in Starlette/FastAPI with `WSGIMiddleware`), `asgi_app` (an ASGI callable,
-e.g. `app.mount("/status", asgi_app(monitor))` — paths on the page are relative), and `serve`
-(a threaded stdlib HTTP server in a background thread). `hybrid up` serves the same app.
+`history_s` seconds; every endpoint serves the latest sample, so they agree with each other and a
+scrape or a health probe never waits on a slow Redis. The app is plain routing (`respond`) wrapped
+for any server: `wsgi_app` (mount it in a WSGI server), `asgi_app` (an ASGI callable, e.g.
+`app.mount("/status", asgi_app(monitor))` in FastAPI — paths on the page are relative), and
+`serve` (a threaded stdlib HTTP server in a background thread). `hybrid up` serves the same app.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ Response = tuple[int, str, bytes]
 def respond(monitor: Monitor, path: str) -> Response:
     """Route one GET: (status, content type, body)."""
     path = path.split("?", 1)[0].rstrip("/") or "/"
-    if path == "/metrics":
+    if not monitor.history:  # never sampled (a monitor that was not started): sample now
         monitor.refresh()
+    if path == "/metrics":  # the background sample: a scrape never waits on a slow or hung Redis
         return 200, CONTENT_TYPE_LATEST, monitor.metrics.exposition(refresh=False)
     if path == "/api/status":
         body = json.dumps(monitor.status(), separators=(",", ":")).encode()

@@ -255,3 +255,34 @@ def test_read_only_acl_user_sees_the_same_figures(
         assert a.exact_counts == b.exact_counts
     finally:
         server.cleanup()
+
+
+def test_a_hung_server_never_stalls_a_scrape() -> None:
+    """A server that accepts and never answers: samples time out (3 s), scrapes answer at once."""
+    import time
+    import urllib.request
+
+    from hybrid.exporter import Monitor, serve
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)  # connections queue up; nothing ever reads or replies
+    try:
+        monitor = Monitor(QueueMetrics(f"redis://127.0.0.1:{srv.getsockname()[1]}/0", ["z"]), interval_s=0.1)
+        first = monitor.refresh()
+        assert not first.redis_up and "Timeout" in first.error, first.error
+        monitor.start()  # the background sample is now stuck waiting on the socket most of the time
+        http = serve(monitor, "127.0.0.1", 0)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with urllib.request.urlopen(f"http://127.0.0.1:{http.server_address[1]}/metrics", timeout=5) as resp:
+                    text = resp.read()
+                assert time.monotonic() - started < 1.0
+                assert values(text)[("hybrid_redis_up", ())] == 0
+        finally:
+            monitor.stop()
+            http.shutdown()
+            http.server_close()
+    finally:
+        srv.close()
