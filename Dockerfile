@@ -42,11 +42,13 @@ FROM base AS edge
 COPY --from=build /wheels /wheels
 RUN pip install --find-links /wheels "hybrid-ai-stack[edge]" && rm -rf /wheels \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+# the edge agent's outbox, PII vault and device key (a volume in compose, a hostPath on a Pi)
+RUN mkdir -p /var/lib/hybrid-edge && chown hybrid:hybrid /var/lib/hybrid-edge && chmod 0700 /var/lib/hybrid-edge
 USER 10001:10001
-# edge agent: Open Inference Protocol v2 on 8000; the API server uses 8080, the exporter 9470
-EXPOSE 8000 8080 9470
+# edge agent: Open Inference Protocol v2 on 8700; the API server uses 8080, the exporter 9470
+EXPOSE 8700 8080 9470
 ENTRYPOINT ["hybrid"]
-CMD ["edge", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["edge", "serve", "--host", "0.0.0.0", "--port", "8700", "--state-dir", "/var/lib/hybrid-edge"]
 
 FROM base AS worker
 ARG TORCH_VERSION=2.13.0

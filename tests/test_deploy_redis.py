@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from broker import keys
+from broker import breaker, keys
 from broker.admission import Admission
 from broker.client import Client
 from broker.connection import connect, ensure_group
@@ -30,8 +30,9 @@ from broker.consumer import Consumer
 from broker.dead_letter import DeadLetters
 from broker.embedded import free_port
 from broker.envelope import Envelope
+from broker.errors import BudgetExceeded
 from broker.keyring import LocalKeyring
-from broker.ledger import ClassPrice, Ledger, PriceTable, ZonePrices
+from broker.ledger import ClassPrice, CostBreaker, Ledger, PriceTable, ZonePrices
 from broker.message import JobSpec, Sealer
 from broker.queues import queue_depth
 from hybrid.deploy.acl import write_acl
@@ -220,7 +221,8 @@ def test_edge_is_refused_everything_outside_its_role(locked: LockedRedis) -> Non
     _refused(e, "GET", keys.result_key(OTHER, "j1"))
     _refused(e, "SET", keys.result_key(ZONE, "j1"), "forged")
     _refused(e, "XREAD", "STREAMS", keys.reply_stream(OTHER, "c"), "0")
-    _refused(e, "HSET", keys.breaker_state(ZONE), "global", "closed")
+    _refused(e, "HSET", keys.budgets(ZONE), "global|day", "1e9")
+    _refused(e, "DEL", keys.breaker_state(ZONE))
     _refused(e, "GET", "anything")
     _refused(e, "KEYS", "*")
     _refused(e, "SCAN", 0)
@@ -237,6 +239,20 @@ def test_edge_is_refused_everything_outside_its_role(locked: LockedRedis) -> Non
     device = f"{keys.zone_prefix(ZONE)}:device:pi-0042"  # its capability report: write only
     assert _allowed(e, "SET", device, "{}", "EX", 60)
     _refused(e, "GET", device)
+
+
+def test_edge_takes_the_half_open_trickle_of_the_cost_breaker(locked: LockedRedis) -> None:
+    """The cost gate as the edge user: reads the breaker and, half-open, takes a trickle (WATCH/MULTI/HSET)."""
+    now = 1_800_000_000_000
+    admin = CostBreaker(Ledger(locked.client("admin"), ZONE), cooldown_s=60, clock=lambda: now)
+    admin._update("global", lambda st: (None, breaker.failure(st, now, admin.policy)))
+    edge = CostBreaker(Ledger(locked.client(f"edge-{ZONE}"), ZONE), cooldown_s=60, clock=lambda: now + 1_000)
+    with pytest.raises(BudgetExceeded):
+        edge.check({"school-7": 1})  # open: refused, by the breaker (not by the ACL)
+    raw = locked.client("exporter").hget(keys.breaker_state(ZONE), "global")
+    later = CostBreaker(Ledger(locked.client(f"edge-{ZONE}"), ZONE), cooldown_s=60, clock=lambda: now + 61_000)
+    later.check({"school-7": 1})  # half-open: one of the trickle, written back by the edge
+    assert locked.client("exporter").hget(keys.breaker_state(ZONE), "global") != raw
 
 
 def test_api_user_keeps_tokens_and_owners_but_reads_no_jobs(locked: LockedRedis) -> None:

@@ -4,7 +4,8 @@ Users (one `edge-` and one `worker-` user per zone; `exporter` and `admin` are g
 
     edge-<zone>     submit: the APPEND / ADMIT scripts and the XADD, XLEN, admission-hash and in-flight
                     writes they run on the zone's keys; read results (MGET) and its reply streams (XREAD);
-                    read the cost breaker. Nothing else: no XREADGROUP, XRANGE, KEYS, DEL, FLUSHALL, CONFIG.
+                    the cost gate (read the breaker, take its half-open trickle); its device report.
+                    Nothing else: no XREADGROUP, XRANGE, KEYS, DEL of jobs, FLUSHALL, CONFIG.
     api-<zone>      the jobs HTTP API: an edge's rights, plus its tenant tokens and job owners (`api:*`).
     worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING), complete (the COMPLETE script: SET NX
                     results, XACK, XDEL, reply XADD), dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
@@ -96,7 +97,7 @@ def edge_user(zone: str) -> AclUser:
         name=f"edge-{zone}",
         role="edge",
         zone=zone,
-        commands=("-@all", "+ping", "+evalsha", "+script|load", "+time"),
+        commands=("-@all", "+ping", "+evalsha", "+script|load", "+time", "+multi", "+exec", "+discard", "+unwatch"),
         # EVALSHA of APPEND / ADMIT declares these keys
         keys=(KeyGrant(jobs), KeyGrant(adm), KeyGrant(inflight)),
         selectors=(
@@ -106,7 +107,8 @@ def edge_user(zone: str) -> AclUser:
             Selector(("get", "mget"), (KeyGrant(_z(zone, "result:*"), "R"),)),
             Selector(("xread",), (KeyGrant(_z(zone, "reply:*"), "R"),)),
             Selector(("del",), (KeyGrant(_z(zone, "reply:*")),)),
-            Selector(("hget", "hmget"), (KeyGrant(_z(zone, "breaker"), "R"),)),
+            # the cost gate reads the breaker, and in half-open takes its trickle (WATCH + MULTI + HSET)
+            Selector(("hget", "hmget", "hset", "watch"), (KeyGrant(_z(zone, "breaker")),)),
             # the device's capability report (a string with a TTL, refreshed by its heartbeat)
             Selector(("set", "setex", "expire", "pexpire", "del"), (KeyGrant(_z(zone, "device:*"), "W"),)),
         ),
