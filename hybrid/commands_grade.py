@@ -119,6 +119,7 @@ def _show_summary(s: Summary, request: RunRequest) -> None:
     rows = [
         ("items", s.items), ("already done (resumed)", s.already_done), ("graded ok", s.ok),
         ("failed (per-item errors)", s.failed), ("timed out (resume to retry)", s.timed_out),
+        ("dead-lettered (resume to retry)", s.dead_lettered),
         ("rejected lines", s.rejected), ("jobs submitted this run", s.submitted_jobs),
         ("pauses (backpressure/budget)", f"{s.pauses} ({s.paused_s:.1f} s)"), ("duration", f"{s.duration_s:.1f} s"),
         ("rate", f"{s.items_per_s:,.1f} items/s"), ("worker time", f"{s.worker_s:.1f} s"),

@@ -50,6 +50,8 @@ class Handler:
     def __call__(self, jobs: list[Job]) -> Sequence[Mapping[str, Any] | BaseException]:
         if self.delay_s:
             time.sleep(self.delay_s * len(jobs))  # simulated model time per job
+        if any(job.payload.inputs.get("question_id") == "poison" for job in jobs):
+            raise RuntimeError("the model crashes on this batch")  # left unacknowledged: redelivered
         out: list[Mapping[str, Any] | BaseException] = []
         for job in jobs:
             inputs = job.payload.inputs
@@ -66,8 +68,10 @@ class Handler:
 
 
 @contextmanager
-def worker(r: redis.Redis, sealer: Sealer, zone: str, handler: Handler, count: int = 64) -> Iterator[Consumer]:
-    consumer = Consumer(r, sealer, zone, "test-worker", count=count, block_ms=50)
+def worker(
+    r: redis.Redis, sealer: Sealer, zone: str, handler: Handler, count: int = 64, **options: Any
+) -> Iterator[Consumer]:
+    consumer = Consumer(r, sealer, zone, "test-worker", count=count, block_ms=50, **options)
     consumer.ensure_groups()
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(handler,), kwargs={"stop": stop}, daemon=True)
@@ -378,3 +382,28 @@ def test_run_registry_marks_a_silent_running_run_stale_and_keeps_its_start(r: re
     registry.update("crashed", status="running", resumed=3000.0, heartbeat=time.time())
     again = registry.get("crashed")
     assert again is not None and again["started"] == 1000.0 and again["status"] == "running"
+
+
+def test_a_dead_lettered_item_is_not_waited_for_and_a_resume_retries_it(
+    r: redis.Redis, redis_server: EmbeddedRedis, zone: str, keyring_path: Path, sealer: Sealer, tmp_path: Path
+) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    records = items(12)
+    records[4]["question_id"] = "poison"
+    write_jsonl(inp, records)
+    settings = settings_for(redis_server, zone, keyring_path)
+    request = RunRequest(input=str(inp), output=str(out), task="text_stats", feedback_task=None, pii=False)
+    poison = Handler()
+    options = {"min_idle_ms": 20, "max_deliveries": 2, "reclaim_interval_s": 0.02}
+    with worker(r, sealer, zone, poison, count=1, **options):
+        summary = execute(request, settings, r)
+    assert (summary.ok, summary.dead_lettered, summary.timed_out, summary.status) == (11, 1, 0, "incomplete")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[4]["status"] == "dead_lettered" and "max_deliveries" in rows[4]["error"]
+    assert [x["status"] for x in rows[:4] + rows[5:]] == ["ok"] * 11
+    # fixed, the model takes it: a resume submits only that item
+    records[4]["question_id"] = "q4"
+    write_jsonl(inp, records)
+    with worker(r, sealer, zone, Handler()):
+        again = execute(request, settings, r)
+    assert (again.already_done, again.submitted_jobs, again.ok, again.status) == (11, 1, 12, "completed")

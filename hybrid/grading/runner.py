@@ -36,6 +36,7 @@ from hybrid.grading.state import RunRegistry, RunState, job_id_for
 NATIVE_TASKS = frozenset({"grade", "feedback"})
 _MGET_CHUNK = 500
 _HEARTBEAT_S = 5.0
+_GIVEN_UP = ("timeout", "dead_lettered")
 
 ProgressFn = Callable[[int, int, str | None], None]
 """`on_progress(done, total, pause)`: items with a result, items in the run, and why it is paused (or None)."""
@@ -66,6 +67,7 @@ class GradeConfig:
     chunk: int = 250  # jobs per submit call
     item_timeout_s: float = 3600.0  # a job without a result this long is left for the next resume
     recheck_s: float = 2.0  # look for stored results when no notification came for this long
+    dlq_check_s: float = 5.0  # how often to look for in-flight jobs in the dead-letter stream
     max_pause_s: float = 30.0  # retry a refused submit at least this often (an operator may close a breaker)
     usd_per_gpu_hour: float | None = None  # for the cost estimate from worker-seconds
 
@@ -80,6 +82,7 @@ class Summary:
     ok: int = 0
     failed: int = 0
     timed_out: int = 0
+    dead_lettered: int = 0
     submitted_jobs: int = 0
     pauses: int = 0
     paused_s: float = 0.0
@@ -129,6 +132,8 @@ class GradeRun:
             [("f", self.config.feedback_task)] if self.config.feedback_task else []
         )
         self._cursor = b"0-0"
+        self._dlq_cursor = "0-0"
+        self._next_dlq_check = 0.0
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -167,7 +172,7 @@ class GradeRun:
             summary.spend_usd = round(max(0.0, self.spend(tenants) - spend_before), 6)
         if self.config.usd_per_gpu_hour is not None:
             summary.cost_usd_est = round(summary.worker_s / 3600 * self.config.usd_per_gpu_hour, 6)
-        if summary.timed_out:
+        if summary.timed_out or summary.dead_lettered:
             summary.status = "incomplete"
         elif summary.failed or summary.rejected:
             summary.status = "completed_with_errors"
@@ -378,25 +383,51 @@ class GradeRun:
         summary: Summary,
         run_id: str,
     ) -> None:
-        """Jobs with no result after `item_timeout_s` (dead-lettered, or no worker): left for a resume."""
+        """Stop waiting for jobs that were dead-lettered, or have no result after `item_timeout_s` (no
+        worker serves them?): their items get a `dead_lettered`/`timeout` row and are left for a resume."""
         limit = self.clock() - self.config.item_timeout_s
-        late = [j for j, f in flights.items() if f.since < limit]
-        for job_id in late:
-            flight = flights.pop(job_id)
-            if flight.item.id in rows:
+        given_up = {
+            j: ("timeout", f"no result after {self.config.item_timeout_s:g} s (see `hybrid dlq list`); run again")
+            for j, f in flights.items()
+            if f.since < limit
+        }
+        if flights and self.clock() >= self._next_dlq_check:
+            self._next_dlq_check = self.clock() + self.config.dlq_check_s
+            for job_id, why in self._dead_lettered(flights).items():
+                given_up[job_id] = ("dead_lettered", f"dead-lettered ({why}); see `hybrid dlq list`, run again")
+        for job_id, (status, error) in given_up.items():
+            flight = flights.pop(job_id, None)
+            if flight is None or flight.item.id in rows:
                 continue
             partial.pop(flight.item.id, None)
-            summary.timed_out += 1
+            if status == "timeout":
+                summary.timed_out += 1
+            else:
+                summary.dead_lettered += 1
             rows[flight.item.id] = {
                 "id": flight.item.id, "student": flight.item.student or None, "tenant": flight.item.tenant,
-                "question_id": flight.item.question_id, "status": "timeout", "score": None, "grade": None,
-                "feedback": None, "job_id": job_id_for(run_id, flight.item.id, "g"),
-                "error": f"no result after {self.config.item_timeout_s:g} s (see `hybrid dlq list`); "
-                "run again to resubmit",
+                "question_id": flight.item.question_id, "status": status, "score": None, "grade": None,
+                "feedback": None, "error": error, "job_id": job_id_for(run_id, flight.item.id, "g"),
             }  # fmt: skip
-        # an item whose other job also times out is counted once
-        for j in [j for j, f in flights.items() if rows.get(f.item.id, {}).get("status") == "timeout"]:
-            flights.pop(j)
+        # the item's other job is not waited for any longer
+        if given_up:
+            for j in [j for j, f in flights.items() if rows.get(f.item.id, {}).get("status") in _GIVEN_UP]:
+                flights.pop(j)
+
+    def _dead_lettered(self, flights: Mapping[str, _Flight]) -> dict[str, str]:
+        """In-flight job ids that reached the dead-letter stream since the last look, with why."""
+        out: dict[str, str] = {}
+        stream = keys.dlq_stream(self.client.zone)
+        while True:
+            with redis_errors():
+                resp: Any = self.client.redis.xrange(stream, min=f"({self._dlq_cursor}", max="+", count=500)
+            for eid, fields in resp:
+                self._dlq_cursor = eid.decode()
+                job_id = fields.get(b"job_id", b"").decode()
+                if job_id in flights:
+                    out[job_id] = f"{fields.get(b'reason', b'').decode()}: {fields.get(b'detail', b'').decode()}"
+            if len(resp) < 500:
+                return out
 
     def _progress(self, done: int, total: int, pause: str | None) -> None:
         if self.on_progress is not None:
