@@ -97,6 +97,14 @@ def _s(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+def _int(v: Any) -> int:
+    """A number field of a dead letter; 0 if missing or not a number (the DLQ is only as clean as its writers)."""
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _age_s(now_ms: int, entry_id: str | bytes | None) -> float:
     ms = _ms_of(entry_id)
     return 0.0 if ms is None else max(now_ms - ms, 0) / 1000
@@ -129,6 +137,7 @@ class DeadLetterStats:
     entries: int
     window: int  # how many of the newest entries `reasons` counts
     reasons: dict[str, int]  # reason code → count among the newest `window`
+    last_failed_ms: dict[str, int]  # reason code → when its newest dead letter failed
     newest: list[dict[str, Any]]  # up to 10 newest: reason, failed_ms, lane, deliveries (no ids, no content)
 
 
@@ -409,22 +418,24 @@ class QueueMetrics(Collector):
         pipe.xrevrange(stream, count=self.dlq_window)
         size, rows = pipe.execute()
         reasons: dict[str, int] = {}
+        last: dict[str, int] = {}
         newest: list[dict[str, Any]] = []
         for _eid, f in rows:
             reason = reason_label(_s(f.get(b"reason", b"")))
             reasons[reason] = reasons.get(reason, 0) + 1
+            last.setdefault(reason, _int(f.get(b"failed_ms")))
             if len(newest) < 10:
                 source = _s(f.get(b"source", b""))
                 lane = source.rsplit(":", 1)[-1] if source.startswith(keys.zone_prefix(zone)) else ""
                 newest.append(
                     {
                         "reason": reason,
-                        "failed_ms": int(f.get(b"failed_ms", b"0") or 0),
+                        "failed_ms": _int(f.get(b"failed_ms")),
                         "lane": lane if lane in {ln.value for ln in keys.LANES_BY_PRIORITY} else "",
-                        "deliveries": int(f.get(b"deliveries", b"0") or 0),
+                        "deliveries": _int(f.get(b"deliveries")),
                     }
                 )
-        return DeadLetterStats(zone, int(size), self.dlq_window, reasons, newest)
+        return DeadLetterStats(zone, int(size), self.dlq_window, reasons, last, newest)
 
     def _budgets(self, zone: str, now: int) -> list[ScopeBudget]:
         """Spend, budgets and breaker state of every scope, read only (`CostBreaker.status` also prunes)."""
@@ -564,10 +575,7 @@ def families(snap: Snapshot, failures: int = 0) -> Iterable[Metric]:
         dlq.add_metric([d.zone], d.entries)
         for reason, n in sorted(d.reasons.items()):
             by_reason.add_metric([d.zone, reason], n)
-        seen: dict[str, int] = {}
-        for row in d.newest:
-            seen.setdefault(row["reason"], row["failed_ms"])
-        for reason, ms in sorted(seen.items()):
+        for reason, ms in sorted(d.last_failed_ms.items()):
             newest.add_metric([d.zone, reason], ms / 1000)
     yield dlq
     yield by_reason

@@ -149,8 +149,7 @@ function render(st) {
   const dlq = document.querySelector("#dlq tbody");
   dlq.replaceChildren();
   for (const d of snap.dlq) {
-    const last = {};
-    for (const n of d.newest) if (!(n.reason in last)) last[n.reason] = n.failed_ms;
+    const last = d.last_failed_ms;
     const reasons = Object.keys(d.reasons).sort((a, b) => d.reasons[b] - d.reasons[a]);
     if (!reasons.length) row(dlq, [d.zone, {text: "(empty)", cls: "l muted"}, 0, ""], {"data-zone": d.zone});
     for (const r of reasons) {

@@ -4,6 +4,7 @@ unreachable or foreign Redis gives `hybrid_redis_up 0` with a plain reason, then
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -128,9 +129,14 @@ def test_reason_labels_are_codes_only() -> None:
 
 
 def test_dead_letter_with_an_odd_reason_is_labelled_other(r: redis.Redis, zone: str, redis_server) -> None:
-    r.xadd(keys.dlq_stream(zone), {"reason": "Name: Jane Doe", "failed_ms": 1})
+    r.xadd(keys.dlq_stream(zone), {"reason": "tampered", "failed_ms": 5000})
+    r.xadd(keys.dlq_stream(zone), {"reason": "tampered", "failed_ms": 7000})
+    r.xadd(keys.dlq_stream(zone), {"reason": "Name: Jane Doe", "failed_ms": "yesterday", "deliveries": "x"})
     snap = QueueMetrics(redis_server.url, [zone]).sample()
-    assert snap.dlq[0].reasons == {"other": 1}
+    assert snap.redis_up, snap.error
+    assert snap.dlq[0].reasons == {"other": 1, "tampered": 2}
+    assert snap.dlq[0].last_failed_ms == {"other": 0, "tampered": 7000}
+    assert "Jane" not in json.dumps(snap.to_dict())
 
 
 @pytest.fixture
@@ -196,8 +202,6 @@ def test_unreachable_redis_then_recovery(tmp_path: Path) -> None:
 
 
 def test_fleet_counts_live_devices_and_workers(r: redis.Redis, zone: str, redis_server) -> None:
-    import json
-
     from broker.message import now_ms
 
     for device in ("pi-1", "pi-2", "pi-3"):
