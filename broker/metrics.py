@@ -49,6 +49,7 @@ from broker.errors import ConfigError
 from broker.ledger import WINDOWS, CostBreaker, Ledger
 
 _REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # One call per lane, returning ids and numbers only (no entry bodies cross the network):
 # {XLEN, last-generated-id, entries-added or -1, first id, first undelivered id, new entries, last new id}
@@ -160,6 +161,13 @@ class FleetStats:
     workers_in_flight: int  # jobs those workers hold
 
 
+@dataclass(frozen=True)
+class TenantStats:
+    zone: str
+    tenant: str
+    in_flight: int  # admitted, unfinished jobs whose lease has not expired (admission's in-flight set)
+
+
 @dataclass
 class Snapshot:
     taken_ms: int
@@ -172,6 +180,7 @@ class Snapshot:
     dlq: list[DeadLetterStats] = field(default_factory=list)
     budgets: list[ScopeBudget] = field(default_factory=list)
     fleet: list[FleetStats] = field(default_factory=list)
+    tenants: list[TenantStats] = field(default_factory=list)
     scrape_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,6 +257,7 @@ class QueueMetrics(Collector):
         self.active_idle_ms = int(active_idle_s * 1000)
         self.fleet_scan_s = fleet_scan_s
         self._devices: dict[str, tuple[float, int]] = {}
+        self._inflight_keys: dict[str, tuple[float, list[str]]] = {}
         self.dlq_window = dlq_window
         self.client = client if client is not None else connect_for_metrics(url)
         self._lane_script = self.client.register_script(_LANE_SCRIPT)
@@ -310,6 +320,7 @@ class QueueMetrics(Collector):
             snap.dlq.append(self._dlq(zone))
             snap.budgets += self._budgets(zone, now)
             snap.fleet += self._fleet(zone, now)
+            snap.tenants += self._tenants(zone, now)
         snap.exact_counts = exact
         return snap
 
@@ -466,6 +477,22 @@ class QueueMetrics(Collector):
             )
         return out
 
+    def _tenants(self, zone: str, now: int) -> list[TenantStats]:
+        """In-flight jobs per tenant from admission's sets (found with SCAN, at most every `fleet_scan_s`)."""
+        prefix = f"{keys.zone_prefix(zone)}:inflight:"
+        cached = self._inflight_keys.get(zone)
+        if cached is None or time.monotonic() - cached[0] >= self.fleet_scan_s:
+            found = sorted({_s(k) for k in self.client.scan_iter(match=prefix + "*", count=1000)})
+            cached = (time.monotonic(), found)
+            self._inflight_keys[zone] = cached
+        out: list[TenantStats] = []
+        for key in cached[1]:
+            tenant = key[len(prefix) :]
+            if not _TENANT_RE.match(tenant):
+                continue  # not a name we would put in a label
+            out.append(TenantStats(zone, tenant, int(self.client.zcount(key, f"({now}", "+inf"))))
+        return out
+
     def _fleet(self, zone: str, now: int) -> list[FleetStats]:
         c = self.client
         devices: int | None = None
@@ -619,6 +646,14 @@ def families(snap: Snapshot, failures: int = 0) -> Iterable[Metric]:
         ready.add_metric([f.zone], f.workers_ready)
         held.add_metric([f.zone], f.workers_in_flight)
     yield from (devices, workers, ready, held)
+    tenants = GaugeMetricFamily(
+        "hybrid_tenant_in_flight_jobs",
+        "A tenant's admitted, unfinished jobs (admission's in-flight set, unexpired leases).",
+        labels=["zone", "tenant"],
+    )
+    for t in snap.tenants:
+        tenants.add_metric([t.zone, t.tenant], t.in_flight)
+    yield tenants
 
 
 __all__ = [
@@ -628,6 +663,7 @@ __all__ = [
     "QueueMetrics",
     "ScopeBudget",
     "Snapshot",
+    "TenantStats",
     "connect_for_metrics",
     "describe_redis_error",
     "families",

@@ -290,3 +290,20 @@ def test_a_hung_server_never_stalls_a_scrape() -> None:
             http.server_close()
     finally:
         srv.close()
+
+
+def test_tenant_in_flight_from_admission(r: redis.Redis, sealer: Sealer, zone: str, redis_server) -> None:
+    from broker.admission import Admission, AdmissionPolicy, TenantLimits
+    from broker.message import JobSpec
+    from broker.producer import Producer
+
+    policy = AdmissionPolicy(tenants={"acme": TenantLimits(max_in_flight=100)})
+    producer = Producer(r, sealer, zone, admission=Admission(r, zone, policy))
+    producer.submit_many([JobSpec(task="classify", inputs={"n": i}, tenant="acme") for i in range(5)])
+    r.zadd(keys.inflight_set(zone, "bad name!"), {"x": 2**50})  # not label-shaped: left out
+    qm = QueueMetrics(redis_server.url, [zone])
+    snap = qm.sample()
+    assert [(t.tenant, t.in_flight) for t in snap.tenants] == [("acme", 5)]
+    assert r.zcard(keys.inflight_set(zone, "acme")) == 5
+    text = qm.exposition(refresh=False).decode()
+    assert f'hybrid_tenant_in_flight_jobs{{tenant="acme",zone="{zone}"}} 5.0' in text
