@@ -34,7 +34,9 @@ from broker.errors import BudgetExceeded
 from broker.keyring import LocalKeyring
 from broker.ledger import ClassPrice, CostBreaker, Ledger, PriceTable, ZonePrices
 from broker.message import JobSpec, Sealer
+from broker.metrics import QueueMetrics
 from broker.queues import queue_depth
+from gpu_worker.autoscale import observe
 from hybrid.deploy.acl import write_acl
 from hybrid.deploy.certs import CertBundle, write_certs
 from hybrid.deploy.redis_conf import RedisConfOptions, render_redis_conf
@@ -205,6 +207,15 @@ def test_worker_dead_letters_a_tampered_job_and_records_cost(locked: LockedRedis
     assert ledger.spend("global")["hour"] >= 0.3
 
 
+def test_worker_pool_reads_what_its_autoscaler_needs(locked: LockedRedis) -> None:
+    """`hybrid worker pool` runs as the worker user: queue depth, heartbeats, budgets and breakers."""
+    w = locked.client(f"worker-{ZONE}")
+    w.hset(keys.worker_heartbeats(ZONE), "gpu-pool", '{"ready": true, "completed": 10, "busy_s": 2.0}')
+    obs = observe(w, ZONE, 1, 0.0, breaker=CostBreaker(Ledger(w, ZONE)), usd_per_replica_hour=1.0)
+    assert obs.replicas == 1 and obs.backlog >= 0 and obs.rate_per_worker == pytest.approx(5.0)
+    w.hdel(keys.worker_heartbeats(ZONE), "gpu-pool")
+
+
 # -- what each role may not do -------------------------------------------------------------------------
 
 
@@ -329,6 +340,19 @@ def test_exporter_reads_depth_but_cannot_write(locked: LockedRedis) -> None:
     _refused(x, "FLUSHALL")
     _refused(x, "CONFIG", "GET", "*")
     _refused(x, "EVAL", "return 1", 0)
+    _refused(x, "SCRIPT", "FLUSH")
+
+
+def test_exporter_samples_every_figure_as_itself(locked: LockedRedis) -> None:
+    metrics = QueueMetrics(locked.url("exporter"), [ZONE, OTHER], client=locked.client("exporter"))
+    snap = metrics.sample()
+    assert snap.redis_up and snap.error == "" and metrics.failures == 0
+    assert {(lane.zone, lane.lane) for lane in snap.lanes} >= {(ZONE, "interactive"), (ZONE, "batch")}
+    assert metrics._scripts and metrics._server_time  # its lane script and TIME were allowed
+    x = locked.client("exporter")
+    wipe = x.script_load("return redis.call('DEL', KEYS[1])")
+    with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)permission|noperm|can't (access|run)"):
+        x.evalsha(wipe, 1, keys.jobs_stream(ZONE, "batch"))  # a script does not make it a writer
 
 
 def test_unauthenticated_and_wrong_password_are_refused(locked: LockedRedis) -> None:

@@ -10,7 +10,8 @@ Users (one `edge-` and one `worker-` user per zone; `exporter` and `admin` are g
     worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING), complete (the COMPLETE script: SET NX
                     results, XACK, XDEL, reply XADD), dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
                     the cost ledger, heartbeats, the breaker.
-    exporter        read-only commands (`+@read -@dangerous`, INFO) on `hyb:*`: no write, no KEYS.
+    exporter        read-only commands (`+@read -@dangerous`, INFO, TIME) on `hyb:*`, and EVALSHA of its
+                    read-only lane script (whose calls are held to the same rules): no write, no KEYS.
     admin           everything (`hybrid dlq replay|purge`, `hybrid keys`, budgets, operators).
     default         off: a connection that does not authenticate can run nothing.
 
@@ -158,6 +159,7 @@ def worker_user(zone: str) -> AclUser:
                     "xlen",
                     "xrange",
                     "xinfo|groups",
+                    "exists",
                 ),
                 (KeyGrant(jobs),),
             ),
@@ -186,8 +188,11 @@ def exporter_user() -> AclUser:
         name="exporter",
         role="exporter",
         zone=None,
-        commands=("-@all", "+@read", "-@dangerous", "+info", "+ping"),
+        # its lane script runs read commands only: every redis.call inside is checked against these rules
+        commands=("-@all", "+@read", "-@dangerous", "+info", "+ping", "+time", "+script|load"),
         keys=(KeyGrant(f"{keys.PREFIX}:*", "R"),),
+        # EVALSHA declares its keys read-write, so it needs `~`; nothing it may run inside writes
+        selectors=(Selector(("evalsha",), (KeyGrant(f"{keys.PREFIX}:*"),)),),
         summary="read-only commands on hyb:* (no KEYS, no writes)",
     )
 
