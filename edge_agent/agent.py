@@ -355,11 +355,10 @@ class EdgeAgent:
         out["cascade"] = {"job_id": job_id, "status": wire}
         if interactive:
             out.update(provisional=True, job_id=job_id, status="provisional")
-            return
-        if wire == "submitted":
-            self._await(job_id, follow.zone or "", out, keep_local=True)
+        elif mode == "async" or wire != "submitted":
+            out.update(provisional=True, job_id=job_id, status="queued" if wire == "queued" else "pending")
         else:
-            out.update(provisional=True, job_id=job_id, status=wire)
+            self._await(job_id, follow.zone or "", out, keep_local=True)
 
     def _cloud(
         self, req: EdgeRequest, decision: Decision, spans: list[Span] | None, mode: str, out: dict[str, Any]
@@ -467,7 +466,8 @@ class EdgeAgent:
         header, h, b = self.sealer.seal_job(zone, spec, client.name)
         job_id = header.job_id
         meta_doc = {"transform": decision.transform.value, **dict(meta or {})}
-        queue_first = force_queue or len(self.outbox) > 0  # keep order behind what already waits
+        # an async job queues behind what already waits, to keep their order; a sync one tries at once
+        queue_first = force_queue or (queue_on_failure and len(self.outbox) > 0)
         if not queue_first:
             try:
                 self._send_checked(zone, spec.lane, spec.tenant, job_id, h, b)
@@ -625,7 +625,7 @@ class EdgeAgent:
         try:
             self.outbox.replay(send)
         except CloudFailure as exc:
-            log.info("outbox replay paused after %d job(s): %s", sent, exc)
+            log.debug("outbox replay paused after %d job(s): %s", sent, exc)
         return sent
 
     def _replay_loop(self) -> None:

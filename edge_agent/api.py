@@ -472,7 +472,9 @@ class ServerThread:
     """uvicorn serving an app in a daemon thread (tests, the edge benchmark)."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=120
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="edge-http", daemon=True)
         self.host = host
