@@ -12,6 +12,7 @@ a msgpack map.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,27 +63,55 @@ class Codec:
         self.level = level
         self.max_payload_bytes = max_payload_bytes
         self.min_compress_bytes = min_compress_bytes
-        self._plain_c = zstandard.ZstdCompressor(level=level, write_content_size=True)
-        self._plain_d = zstandard.ZstdDecompressor()
-        self._task_c: dict[str, zstandard.ZstdCompressor] = {}
-        self._dicts_by_id: dict[int, zstandard.ZstdDecompressor] = {}
+        # zstandard's (de)compressor objects must not be used by two threads at once: each thread
+        # gets its own, made on first use (a worker opens jobs and seals results on two threads).
+        self._zdicts: dict[str, zstandard.ZstdCompressionDict] = {}
+        self._zdicts_by_id: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._tls = threading.local()
         for task, raw in (dictionaries or {}).items():
             self.add_dictionary(task, raw)
 
     def add_dictionary(self, task: str, raw: bytes) -> None:
         zdict = zstandard.ZstdCompressionDict(raw)
-        self._task_c[task] = zstandard.ZstdCompressor(level=self.level, dict_data=zdict, write_content_size=True)
-        self._dicts_by_id[zdict.dict_id()] = zstandard.ZstdDecompressor(dict_data=zdict)
+        self._zdicts[task] = zdict
+        self._zdicts_by_id[zdict.dict_id()] = zdict
+        self._tls = threading.local()  # forget (de)compressors made before this dictionary
+
+    def _compressor(self, task: str | None) -> zstandard.ZstdCompressor:
+        made: dict[str | None, zstandard.ZstdCompressor] | None = getattr(self._tls, "c", None)
+        if made is None:
+            made = self._tls.c = {}
+        c = made.get(task)
+        if c is None:
+            zdict = self._zdicts.get(task) if task is not None else None
+            c = made[task] = zstandard.ZstdCompressor(level=self.level, dict_data=zdict, write_content_size=True)
+        return c
+
+    def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor | None:
+        made: dict[int, zstandard.ZstdDecompressor] | None = getattr(self._tls, "d", None)
+        if made is None:
+            made = self._tls.d = {}
+        d = made.get(dict_id)
+        if d is None:
+            if dict_id:
+                zdict = self._zdicts_by_id.get(dict_id)
+                if zdict is None:
+                    return None
+                d = made[dict_id] = zstandard.ZstdDecompressor(dict_data=zdict)
+            else:
+                d = made[0] = zstandard.ZstdDecompressor()
+        return d
 
     def encode(self, obj: Mapping[str, Any], task: str | None = None) -> bytes:
         """Pack and compress; raises `PayloadTooLarge` when the packed form is over the limit."""
         packed = pack(obj)
         if len(packed) > self.max_payload_bytes:
             raise PayloadTooLarge(len(packed), self.max_payload_bytes)
-        if len(packed) < self.min_compress_bytes and (task is None or task not in self._task_c):
+        if task is not None and task not in self._zdicts:
+            task = None
+        if len(packed) < self.min_compress_bytes and task is None:
             return packed
-        compressor = self._task_c.get(task, self._plain_c) if task is not None else self._plain_c
-        return compressor.compress(packed)
+        return self._compressor(task).compress(packed)
 
     def decode(self, frame: bytes) -> dict[str, Any]:
         """Decompress and unpack one frame into a dict; every failure is a `DecodeError`."""
@@ -101,12 +130,9 @@ class Codec:
                 f"frame declares {params.content_size} bytes, over the limit of {self.max_payload_bytes}",
                 raw=frame,
             )
-        if params.dict_id:
-            decompressor = self._dicts_by_id.get(params.dict_id)
-            if decompressor is None:
-                raise DecodeError(f"frame needs zstd dictionary {params.dict_id}, which is not loaded", raw=frame)
-        else:
-            decompressor = self._plain_d
+        decompressor = self._decompressor(params.dict_id)
+        if decompressor is None:
+            raise DecodeError(f"frame needs zstd dictionary {params.dict_id}, which is not loaded", raw=frame)
         try:
             packed = decompressor.decompress(frame, max_output_size=self.max_payload_bytes)
         except zstandard.ZstdError as exc:

@@ -227,3 +227,16 @@ def test_small_payloads_stay_plain_msgpack_and_both_forms_read() -> None:
     assert codec.decode(small) == {"label": "math"} and codec.decode(large) == {"text": "ami " * 200}
     with pytest.raises(DecodeError, match="neither"):
         codec.decode(pack([1, 2]))  # plain msgpack must be a map
+
+
+def test_one_codec_is_safe_to_share_between_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec = Codec(level=3)
+    payloads = [{"text": f"উত্তর {i} " * (50 + i % 200), "i": i} for i in range(400)]
+
+    def round_trip(p: dict) -> bool:
+        return codec.decode(codec.encode(p)) == p
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(round_trip, payloads * 5))
