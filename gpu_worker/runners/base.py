@@ -10,6 +10,11 @@ the runner's schema with `check`). A runner never sees headers, keys or Redis.
   retries the jobs singly to isolate a poison job, so one bad input fails only itself.
 - `load()` is called once per process before the worker reports ready; it is where weights are
   read (and verified against the signed registry where a manifest exists).
+
+Threads: `check` runs on the worker's reader thread while `run_batch` runs on the runner's batcher
+thread, and runners that share a model (embed, classify and grade share one encoder) run their
+batches on different threads. Whatever is shared — a tokenizer, a model — must be locked by its
+owner (HF fast tokenizers change padding state per call and fail when used concurrently).
 """
 
 from __future__ import annotations
