@@ -266,6 +266,27 @@ def test_edge_takes_the_half_open_trickle_of_the_cost_breaker(locked: LockedRedi
     assert locked.client("exporter").hget(keys.breaker_state(ZONE), "global") != raw
 
 
+def test_the_jobs_api_runs_as_its_acl_user(locked: LockedRedis, keyring_file: Path) -> None:
+    """`hybrid api serve` as `api-<zone>`: tokens, owners, admission with the cost gate, results."""
+    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    from broker.settings import load_settings
+    from hybrid.api_server import TokenStore, create_app
+
+    token, _ = TokenStore(locked.client("admin"), ZONE).create("school-7")  # operators issue tokens as admin
+    settings = load_settings(redis_url=locked.url(f"api-{ZONE}"), zone=ZONE, keyring=str(keyring_file))
+    app = create_app(settings, locked.client(f"api-{ZONE}"))
+    headers = {"Authorization": f"Bearer {token}"}
+    with fastapi_testclient.TestClient(app) as http:
+        assert http.get("/healthz").status_code == 200
+        res = http.post("/v1/jobs", json={"task": "echo", "inputs": {"q": "hi"}}, headers=headers)
+        assert res.status_code == 202, res.text
+        job_id = res.json()["job_id"]
+        worker = Consumer(locked.client(f"worker-{ZONE}"), _sealer(keyring_file), ZONE, "gpu-api")
+        assert worker.run(_echo, burst=True).completed >= 1
+        got = http.get(f"/v1/jobs/{job_id}/wait", params={"timeout": 10}, headers=headers)
+        assert got.status_code == 200 and got.json()["status"] != "pending", got.text
+
+
 def test_api_user_keeps_tokens_and_owners_but_reads_no_jobs(locked: LockedRedis) -> None:
     a = locked.client(f"api-{ZONE}")
     tokens = f"{keys.zone_prefix(ZONE)}:api:tokens"
