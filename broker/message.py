@@ -107,8 +107,8 @@ def _str_keyed(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
 def _payload(obj: dict[str, Any]) -> Payload:
     """Validate a decoded payload by hand: the rules of `JobPayload` (a test holds the two together)."""
     inputs, options = obj.get("inputs"), obj.get("options", {})
-    if obj.keys() - {"inputs", "options"}:
-        raise DecodeError(f"invalid payload: unexpected fields {sorted(obj.keys() - {'inputs', 'options'})}")
+    if obj.keys() - {"inputs", "options"}:  # keys may be str or bytes: sort their reprs, never the keys
+        raise DecodeError(f"invalid payload: unexpected fields {sorted(map(repr, obj.keys() - {'inputs', 'options'}))}")
     if type(inputs) is not dict or type(options) is not dict:
         raise DecodeError("invalid payload: inputs and options must be maps")
     if not all(type(k) is str for k in inputs) or not all(type(k) is str for k in options):
@@ -187,7 +187,7 @@ class Sealer:
         if not isinstance(fields, dict):
             raise MalformedMessage("header is not a msgpack map")
         version = fields.get("v")
-        if version not in SUPPORTED_SCHEMA_VERSIONS:
+        if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:  # any msgpack value may be here
             raise UnsupportedSchema(
                 f"schema version {version!r} is not supported (this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
             )
