@@ -181,6 +181,7 @@ class Snapshot:
     budgets: list[ScopeBudget] = field(default_factory=list)
     fleet: list[FleetStats] = field(default_factory=list)
     tenants: list[TenantStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # plain warnings (e.g. a zone with no streams at all)
     scrape_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,8 +322,17 @@ class QueueMetrics(Collector):
             snap.budgets += self._budgets(zone, now)
             snap.fleet += self._fleet(zone, now)
             snap.tenants += self._tenants(zone, now)
+            streams = [keys.jobs_stream(zone, lane) for lane in keys.LANES_BY_PRIORITY] + [keys.dlq_stream(zone)]
+            if not c.exists(*streams):
+                snap.notes.append(
+                    f"zone {zone!r} has no job streams in this Redis (db {self._db()}): a wrong zone, or a Redis "
+                    "this stack does not use? (they appear with the first job or worker)"
+                )
         snap.exact_counts = exact
         return snap
+
+    def _db(self) -> int:
+        return int(self.client.connection_pool.connection_kwargs.get("db", 0))
 
     def _lane(self, zone: str, lane: str, now: int) -> tuple[LaneStats, bool]:
         c = self.client

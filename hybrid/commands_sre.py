@@ -151,7 +151,7 @@ def frame(snap: Snapshot, url: str, history: dict[str, deque[int]], interval: fl
             cells.append(f"${spent:,.2f} / ${b.budget_usd[w]:,.2f}" if w in b.budget_usd else f"${spent:,.2f}")
         state = b.state.replace("_", "-") + (" (forced)" if b.forced else "")
         breakers.add_row(b.zone, b.scope, Text(state, style=style), *cells)
-    parts: list[Any] = [head, lanes, dlq, breakers]
+    parts: list[Any] = [head, *(Text(n, style="bold yellow") for n in snap.notes), lanes, dlq, breakers]
     fleet = Table("zone", "edge devices online", "GPU workers alive", "ready", "jobs held", title="fleet")
     for f in snap.fleet:
         devices = "-" if f.devices_online is None else str(f.devices_online)

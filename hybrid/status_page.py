@@ -16,6 +16,7 @@ PAGE = """<!doctype html>
   #redis { padding: .55rem .8rem; border-radius: 6px; font-weight: 600; }
   #redis.up { background: #dff3e4; color: #17622e; }
   #redis.down { background: #fde2e1; color: #8a1c17; }
+  .note { margin-top: .4rem; padding: .45rem .8rem; border-radius: 6px; background: #fff4d6; color: #6b4a00; }
   table { border-collapse: collapse; background: #fff; min-width: 40rem; }
   th, td { padding: .25rem .6rem; border-bottom: 1px solid #e3e6ea; text-align: right; }
   th:first-child, td:first-child, th.l, td.l { text-align: left; }
@@ -31,6 +32,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>Hybrid AI Stack: queues</h1>
 <div id="redis" class="down" data-up="">loading...</div>
+<div id="notes"></div>
 <h2>Backlog per lane <span class="muted" id="window"></span></h2>
 <svg id="chart" width="760" height="240" viewBox="0 0 760 240" role="img" aria-label="backlog per lane"></svg>
 <div class="legend" id="legend"></div>
@@ -129,6 +131,9 @@ function render(st) {
   banner.textContent = st.redis.up
     ? "Redis is up (" + st.redis_url + ", version " + st.redis.version + "), sampled " + when(snap.taken_ms)
     : "Redis is DOWN: " + st.redis.error + " (retrying every " + interval + " s; figures below are stale)";
+  const notes = document.getElementById("notes");
+  notes.replaceChildren();
+  for (const n of (st.redis.up ? snap.notes : [])) notes.appendChild(el("div", {class: "note"}, n));
   chart(st);
   if (!st.redis.up) return;
   const lanes = document.querySelector("#lanes tbody");

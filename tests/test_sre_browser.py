@@ -130,3 +130,20 @@ def test_page_says_plainly_when_redis_is_down(browser) -> None:
     while "exporter is not answering" not in browser.find_element(By.ID, "redis").text:
         assert time.monotonic() < deadline, browser.find_element(By.ID, "redis").text
         time.sleep(0.1)
+
+
+def test_page_warns_about_a_zone_with_nothing_in_this_redis(browser, zone: str, redis_server) -> None:
+    monitor = Monitor(QueueMetrics(redis_server.url, [zone]), interval_s=0.3, history_s=30).start()
+    server = serve(monitor, "127.0.0.1", 0)
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        note = wait_for(
+            browser,
+            lambda d: d.execute_script("const n = document.querySelector('#notes .note'); return n && n.textContent"),
+            "the note",
+        )
+        assert f"zone '{zone}' has no job streams in this Redis" in note
+    finally:
+        monitor.stop()
+        server.shutdown()
+        server.server_close()

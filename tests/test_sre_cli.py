@@ -98,6 +98,12 @@ def test_top_once_says_plainly_when_redis_is_down() -> None:
     assert "Traceback" not in res.output
 
 
+def test_top_says_when_a_zone_has_nothing_in_this_redis(redis_server, zone: str) -> None:
+    res = CliRunner().invoke(cli, ["top", "--once", "--redis-url", redis_server.url, "--zone", zone])
+    assert res.exit_code == 0, res.output
+    assert f"zone '{zone}' has no job streams in this Redis" in " ".join(res.output.split())
+
+
 def test_bad_zone_is_a_usage_error(redis_server) -> None:
     res = CliRunner().invoke(cli, ["top", "--once", "--redis-url", redis_server.url, "--zone", "Not A Zone"])
     assert res.exit_code == 2 and "invalid zone" in res.output
