@@ -235,6 +235,33 @@ def test_certificates_are_issued_by_declared_issuers_and_used() -> None:
     assert unused == set()
 
 
+def _referenced_secrets(obj: Any) -> Iterator[str]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "secretName" and isinstance(v, str):
+                yield v
+            elif k in {"secretKeyRef", "secretRef"} and isinstance(v, dict):
+                yield v["name"]
+            elif k == "secretTargetRef":
+                yield from (ref["name"] for ref in v)
+            else:
+                yield from _referenced_secrets(v)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _referenced_secrets(item)
+
+
+def test_every_secret_is_declared_issued_or_documented() -> None:
+    """A reader installs from docs/deploy.md without guessing: each Secret a manifest needs has a source."""
+    declared = {d["metadata"]["name"] for d in _objects("Secret")}
+    issued = {c["spec"]["secretName"] for c in _objects("Certificate")} | {
+        i["spec"]["ca"]["secretName"] for i in _objects("Issuer") if "ca" in i["spec"]
+    }
+    documented = set(re.findall(r"create secret (?:generic|tls) (\S+)", (ROOT / "docs" / "deploy.md").read_text()))
+    needed = {name for _, obj in _k8s_objects() for name in _referenced_secrets(obj)}
+    assert needed - declared - issued - documented == set()
+
+
 # -- commands, flags, env, ports, images, users -----------------------------------------------------
 
 

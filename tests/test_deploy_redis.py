@@ -244,6 +244,8 @@ def test_edge_is_refused_everything_outside_its_role(locked: LockedRedis) -> Non
     _refused(e, "EVAL", "return 1", 0)
     _refused(e, "SCRIPT", "FLUSH")
     _refused(e, "SHUTDOWN")
+    # What an ACL cannot refuse: arguments. XADD is allowed, so XADD ... MAXLEN is too (docs/deploy.md).
+    assert _allowed(e, "XADD", jobs, "MAXLEN", "~", 1_000_000, "*", "h", "x", "b", "y")
     # its own allowed command works, so the refusals above are the ACL, not a broken connection
     assert _allowed(e, "XADD", jobs, "*", "h", "x", "b", "y")
     assert _allowed(e, "GET", keys.result_key(ZONE, "nothing-here")) is None
