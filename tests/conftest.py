@@ -21,6 +21,7 @@ from broker.embedded import EmbeddedRedis
 from broker.envelope import Envelope
 from broker.keyring import LocalKeyring
 from broker.message import Sealer
+from tests.edge_fixtures import built_models, built_models_dir  # noqa: F401  (session fixtures: real edge models)
 
 _zone_counter = itertools.count()
 
