@@ -163,7 +163,7 @@ def worker_user(zone: str) -> AclUser:
                 ),
                 (KeyGrant(jobs),),
             ),
-            Selector(("set",), (KeyGrant(results),)),
+            Selector(("set", "exists"), (KeyGrant(results),)),  # exists: a replayed job is not run again
             Selector(("xadd", "pexpire"), (KeyGrant(replies),)),
             Selector(("zrem",), (KeyGrant(inflight),)),
             Selector(("xadd",), (KeyGrant(_z(zone, "dlq")),)),
