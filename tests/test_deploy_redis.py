@@ -207,6 +207,24 @@ def test_worker_dead_letters_a_tampered_job_and_records_cost(locked: LockedRedis
     assert ledger.spend("global")["hour"] >= 0.3
 
 
+def test_the_gpu_worker_runs_as_its_acl_user(locked: LockedRedis, keyring_file: Path) -> None:
+    """`hybrid worker run`'s Worker (batcher, heartbeat, cost ledger, drain) as `worker-<zone>`."""
+    from gpu_worker.runners.builtin import builtin_runners
+    from gpu_worker.worker import Worker
+
+    edge = Client(locked.client(f"edge-{ZONE}"), _sealer(keyring_file), ZONE, name="pi-w")
+    ids = edge.submit_many(JobSpec(task="echo", inputs={"i": i}) for i in range(10))
+    r = locked.client(f"worker-{ZONE}")
+    prices = PriceTable(zones={ZONE: ZonePrices(egress_usd_per_gb=0.05, classes={"cpu": ClassPrice(
+        on_demand_usd_per_gpu_hour=0.1, spot_usd_per_gpu_hour=0.05)})})  # fmt: skip
+    ledger = Ledger(r, ZONE, prices)
+    ledger.register_worker("gpu-w", "cpu", "on_demand")
+    worker = Worker(Consumer(r, _sealer(keyring_file), ZONE, "gpu-w"), builtin_runners(), ledger=ledger)
+    stats = worker.run(burst=True, grace_s=10)
+    results = edge.wait_all(ids, timeout=15)
+    assert stats.completed == 10 and all(res.ok for res in results.values())
+
+
 def test_worker_pool_reads_what_its_autoscaler_needs(locked: LockedRedis) -> None:
     """`hybrid worker pool` runs as the worker user: queue depth, heartbeats, budgets and breakers."""
     w = locked.client(f"worker-{ZONE}")
