@@ -17,9 +17,9 @@ Per lane (stream `hyb:{<zone>}:jobs:<lane>`, group `workers`):
 - throughput: `added` and `removed` entries. On Redis ≥ 7 `added` is XINFO STREAM's entries-added
   (exact, counted by Redis since the stream was created) and removed = added - XLEN. Redis 6.2 has
   no such counter: the collector keeps a running count of entries newer than the last
-  last-generated-id it saw, so an entry added *and* removed between two samples is missed by both
-  counts (they stay consistent: added - removed = XLEN - XLEN at the first sample). `exact_counts`
-  says which one a sample used.
+  last-generated-id it saw (entries present at its first sample count as added), so an entry added
+  *and* removed between two samples is missed by both counts; they stay consistent: added - removed
+  = XLEN, as on Redis 7. `exact_counts` says which one a sample used.
 
 Per zone: the dead-letter stream's size and, among its newest `dlq_window` entries, counts per
 reason code (a code only — anything that is not shaped like one is reported as `other`); spend,
@@ -363,13 +363,15 @@ class QueueMetrics(Collector):
         if added >= 0:
             added_total, removed_total = added, max(added - length, 0)
         else:
-            counts = self._counts.setdefault(stream, [0, 0])
-            if prev:
+            counts = self._counts.get(stream)
+            if counts is None:  # first sight: what is there counts as added, so added - removed = backlog
+                counts = self._counts[stream] = [length, 0]
+            elif prev:
                 counts[0] += new
                 counts[1] += max(self._prev_len.get(stream, 0) + new - length, 0)
             added_total, removed_total = counts
-        if last_gen:
-            self._last_id[stream] = last_gen
+        # a stream not there yet: once it appears, every entry in it is new
+        self._last_id[stream] = last_gen or "0-0"
         self._prev_len[stream] = length
         return (
             LaneStats(
