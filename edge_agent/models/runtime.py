@@ -84,10 +84,13 @@ class OnnxEmbedder:
             feed["token_type_ids"] = np.zeros_like(ids)
         return feed
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, batch_size: int = 1) -> np.ndarray:
+        """Pooled, L2-normalised embeddings. One text per run by default: dynamic int8 quantization
+        scales activations per tensor, padding included, so a batched text would depend (slightly) on
+        its neighbours; on CPU single runs of short texts cost about the same as batches."""
         if not texts:
             return np.zeros((0, EMBED_DIM), dtype=np.float32)
-        if len(texts) <= batch_size:
+        if len(texts) == 1 or batch_size >= len(texts):
             return np.asarray(self.session.run(None, self.encode(texts))[0], dtype=np.float32)
         # many texts: batches of similar length, so little compute goes to padding
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
