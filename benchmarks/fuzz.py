@@ -49,8 +49,8 @@ from broker.schema import JobHeader
 RESULTS = Path(__file__).parent / "results" / "fuzz.json"
 ZONE = "fuzz"
 REASONS = frozenset(
-    {"malformed", "unsupported_schema", "zone_mismatch", "unknown_key", "tampered", "undecodable", "too_large",
-     "envelope"}
+    {"malformed", "unsupported_schema", "zone_mismatch", "unknown_key", "revoked_key", "tampered", "undecodable",
+     "too_large", "envelope"}
 )  # fmt: skip
 
 

@@ -9,7 +9,8 @@ out of its tenant's in-flight set (`broker.admission`). Entries idle longer than
 `min_idle_ms` in another consumer's pending list (a crashed or preempted worker) are taken over
 with XAUTOCLAIM; their delivery count comes from XPENDING. A message delivered more than
 `max_deliveries` times, or one that cannot be opened, decoded or validated, is moved to the
-dead-letter stream with its reason — the rest of the read goes on.
+dead-letter stream with its reason — the rest of the read goes on. So is a job whose result already
+exists (`replayed`: an old message added again, or a duplicate submission): it is not run twice.
 
 Acknowledged entries are deleted from the job stream, so a stream's length is exactly its backlog
 plus what is pending; lag is computed from that on Redis 6.2 and 7 alike (`queue_depth`).
@@ -31,7 +32,7 @@ from broker import keys
 from broker.codec import unpack
 from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors
 from broker.dead_letter import DeadLetters, Rejected
-from broker.errors import DeadlinePassed, MessageError, TooManyDeliveries
+from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
 from broker.message import Job, Sealer, now_ms
 from broker.scripts import COMPLETE
 
@@ -195,6 +196,8 @@ class Consumer:
                 )
                 continue
             opened.append(Delivery(r.stream, r.entry_id, r.deliveries, received, job))
+        if opened:
+            opened = self._drop_replays(opened, {(r.stream, r.entry_id): r for r in raw}, rejected)
         if rejected:
             self.dead_letters.move(rejected, self.name)
             for x in rejected:
@@ -206,6 +209,32 @@ class Consumer:
                 pipe.xack(r.stream, keys.GROUP, r.entry_id)
             pipe.execute()
         return opened
+
+    def _drop_replays(
+        self, opened: list[Delivery], raw: Mapping[tuple[str, bytes], _Raw], rejected: list[Rejected]
+    ) -> list[Delivery]:
+        """Jobs whose result already exists are not run again: a replayed message (an old entry added
+        again under a new stream id — its header, job id included, is the AEAD's associated data, so it
+        still opens) or a duplicate submission. They go to the dead-letter stream as `replayed`; the
+        first result stays. (A result lives `result_ttl_s`; a replay after that runs again.)"""
+        pipe = self.client.pipeline(transaction=False)
+        for d in opened:
+            pipe.exists(keys.result_key(self.zone, d.job.job_id))
+        done = pipe.execute()
+        keep: list[Delivery] = []
+        first_of: dict[str, bytes] = {}  # job id → the entry that carries it in this read
+        for d, exists in zip(opened, done, strict=True):
+            twin = first_of.setdefault(d.job.job_id, d.entry_id)
+            if not exists and twin == d.entry_id:
+                keep.append(d)
+                continue
+            r = raw[(d.stream, d.entry_id)]
+            why = "already has a result" if exists else f"came twice in one read (first as entry {twin.decode()})"
+            exc = ReplayedMessage(f"job {d.job.job_id} {why}; this copy (entry {d.entry_id.decode()}) was not run")
+            rejected.append(
+                Rejected(d.stream, d.entry_id, r.fields or {}, exc.reason, exc.detail, d.deliveries, d.job.job_id)
+            )
+        return keep
 
     # -- completing -------------------------------------------------------------------------------
 

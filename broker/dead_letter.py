@@ -2,8 +2,8 @@
 
 An entry of `hyb:{<zone>}:dlq` has the fields
 
-    reason      a code: malformed, unsupported_schema, zone_mismatch, unknown_key, tampered,
-                undecodable, too_large, max_deliveries
+    reason      a code: malformed, unsupported_schema, zone_mismatch, unknown_key, revoked_key, tampered,
+                undecodable, too_large, max_deliveries, replayed (the job already has a result)
     detail      one readable sentence
     deliveries  how often the message had been delivered
     source      the job stream it came from;  source_id: its entry id there

@@ -116,6 +116,7 @@ class Envelope:
             raise TamperedMessage("authentication failed: the header or the body was changed", raw=body) from None
 
     def _reader(self, kid: str, wrapped: bytes) -> AESGCM:
+        self.provider.check_usable(kid)  # a revoked KEK's data keys are not used, even from the cache
         now = time.monotonic()
         ck = (kid, wrapped)
         with self._lock:

@@ -14,10 +14,12 @@
         ├── ZoneMismatch            a job of another zone
         ├── EnvelopeError           the sealed body cannot be opened
         │   ├── UnknownKey          no KEK of that id (another zone, or a version we do not hold)
+        │   ├── RevokedKey          a KEK version that was revoked (`hybrid keys revoke`)
         │   └── TamperedMessage     authentication failed: header or body changed
         ├── DecodeError             opened, but the payload is not zstd/msgpack or not a valid payload
         ├── OversizedMessage        a body over the consumer's size limit
-        └── TooManyDeliveries       delivered more than the allowed number of times
+        ├── TooManyDeliveries       delivered more than the allowed number of times
+        └── ReplayedMessage         a job whose result already exists (a replay or a duplicate submission)
 
 A `MessageError` keeps the raw data it failed on and its cause, so the dead-letter entry can say why.
 """
@@ -121,6 +123,10 @@ class UnknownKey(EnvelopeError):
     reason = "unknown_key"
 
 
+class RevokedKey(EnvelopeError):
+    reason = "revoked_key"
+
+
 class TamperedMessage(EnvelopeError):
     reason = "tampered"
 
@@ -137,6 +143,10 @@ class TooManyDeliveries(MessageError):
     reason = "max_deliveries"
 
 
+class ReplayedMessage(MessageError):
+    reason = "replayed"
+
+
 __all__ = [
     "AdmissionRefused",
     "Backpressure",
@@ -151,7 +161,9 @@ __all__ = [
     "OversizedMessage",
     "PayloadTooLarge",
     "RedisUnavailable",
+    "ReplayedMessage",
     "ResultTimeout",
+    "RevokedKey",
     "TamperedMessage",
     "TooManyDeliveries",
     "UnknownKey",

@@ -6,8 +6,11 @@ created with mode 0600 (it refuses a file that others may read); a KMS or HSM ad
 same three methods with calls to its service and never reveals the KEK.
 
 A key id (`kid`) is `<zone>/v<version>`. Versions only grow: `rotate` adds a version that encrypts from
-then on; older versions stay to decrypt what is still in flight. A worker given a keyring restricted
-to its own zone cannot unwrap another zone's data keys: residency is enforced by keys.
+then on; older versions stay to decrypt what is still in flight. `revoke` destroys an old version's key
+material and leaves a tombstone: messages under it are refused as `revoked_key` (running processes
+see it within `reload_interval_s`), and the current version cannot be revoked (rotate first).
+A worker given a keyring restricted to its own zone cannot unwrap another zone's data keys: residency
+is enforced by keys.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from broker.errors import ConfigError, TamperedMessage, UnknownKey
+from broker.errors import ConfigError, RevokedKey, TamperedMessage, UnknownKey
 from broker.keys import check_zone
 
 KEK_BYTES = 32
@@ -62,6 +65,7 @@ class KeyInfo:
     version: int
     current: bool
     created: str
+    revoked: str = ""  # when the version was revoked ('' while usable)
 
 
 class KeyProvider(ABC):
@@ -75,6 +79,10 @@ class KeyProvider(ABC):
         """Wrap `dek` under the zone's newest KEK; returns `(kid, wrapped)`."""
         kid = self.current_kid(zone)
         return kid, self._wrap(zone, parse_kid(kid)[1], dek)
+
+    def check_usable(self, kid: str) -> None:
+        """Raise `RevokedKey` if `kid` was revoked. Providers without revocation never raise."""
+        return None
 
     def unwrap(self, kid: str, wrapped: bytes) -> bytes:
         """Unwrap a data key; `UnknownKey` when the KEK is not held, `TamperedMessage` when it does not fit."""
@@ -115,6 +123,7 @@ class LocalKeyring(KeyProvider):
         self._keys: dict[str, dict[int, bytes]] = {}
         self._created: dict[str, dict[int, str]] = {}
         self._current: dict[str, int] = {}
+        self._revoked: dict[str, dict[int, str]] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked_at = 0.0
         self._load()
@@ -137,16 +146,18 @@ class LocalKeyring(KeyProvider):
         keys: dict[str, dict[int, bytes]] = {}
         created: dict[str, dict[int, str]] = {}
         current: dict[str, int] = {}
+        revoked: dict[str, dict[int, str]] = {}
         for zone, entry in raw["zones"].items():
             if self.zones is not None and zone not in self.zones:
                 continue
-            versions = {int(v): base64.b64decode(k["key"]) for v, k in entry["keys"].items()}
+            versions = {int(v): base64.b64decode(k["key"]) for v, k in entry["keys"].items() if "key" in k}
+            revoked[zone] = {int(v): str(k["revoked"]) for v, k in entry["keys"].items() if "revoked" in k}
             if any(len(k) != KEK_BYTES for k in versions.values()):
                 raise ConfigError(f"keyring {self.path}: a key of zone {zone!r} is not {KEK_BYTES} bytes")
             keys[zone] = versions
             created[zone] = {int(v): str(k.get("created", "")) for v, k in entry["keys"].items()}
             current[zone] = int(entry["current"])
-        self._keys, self._created, self._current = keys, created, current
+        self._keys, self._created, self._current, self._revoked = keys, created, current, revoked
         self._stamp = (st.st_mtime_ns, st.st_ino)
         self._checked_at = time.monotonic()
 
@@ -163,7 +174,15 @@ class LocalKeyring(KeyProvider):
             if (st.st_mtime_ns, st.st_ino) != self._stamp:
                 self._load()
 
+    def check_usable(self, kid: str) -> None:
+        zone, version = parse_kid(kid)
+        self._maybe_reload()
+        when = self._revoked.get(zone, {}).get(version)
+        if when is not None:
+            raise RevokedKey(f"KEK {kid} was revoked at {when}; messages sealed under it are refused")
+
     def _kek(self, zone: str, version: int) -> bytes:
+        self.check_usable(make_kid(zone, version))
         key = self._keys.get(zone, {}).get(version)
         if key is None:
             self._maybe_reload(force=True)
@@ -195,9 +214,16 @@ class LocalKeyring(KeyProvider):
     def list_keys(self) -> list[KeyInfo]:
         self._maybe_reload(force=True)
         return [
-            KeyInfo(make_kid(zone, v), zone, v, v == self._current[zone], self._created[zone][v])
+            KeyInfo(
+                make_kid(zone, v),
+                zone,
+                v,
+                v == self._current[zone],
+                self._created[zone][v],
+                self._revoked.get(zone, {}).get(v, ""),
+            )
             for zone in sorted(self._keys)
-            for v in sorted(self._keys[zone])
+            for v in sorted({*self._keys[zone], *self._revoked.get(zone, {})})
         ]
 
     # -- writing (init and rotate) ---------------------------------------------------------------
@@ -224,6 +250,28 @@ class LocalKeyring(KeyProvider):
             entry["keys"][str(version)] = _new_key_entry()
             entry["current"] = version
             return KeyInfo(make_kid(zone, version), zone, version, True, entry["keys"][str(version)]["created"])
+
+    @classmethod
+    def revoke(cls, path: Path | str, zone: str, version: int) -> KeyInfo:
+        """Destroy the key material of an old KEK version of `zone`, keeping a tombstone so that messages
+        under it are refused as revoked (not unknown). The current version cannot be revoked: rotate first."""
+        check_zone(zone)
+        with _locked_document(Path(path).expanduser(), create=False) as doc:
+            if zone not in doc["zones"]:
+                raise ConfigError(f"zone {zone!r} has no keys in {path}")
+            entry = doc["zones"][zone]
+            key = entry["keys"].get(str(version))
+            if key is None:
+                known = ", ".join(f"v{v}" for v in sorted(int(v) for v in entry["keys"]))
+                raise ConfigError(f"zone {zone!r} has no KEK version {version} (it has {known})")
+            if int(entry["current"]) == version:
+                raise ConfigError(
+                    f"{make_kid(zone, version)} is the current KEK: run `hybrid keys rotate --zone {zone}` first"
+                )
+            if "revoked" not in key:
+                key.pop("key", None)
+                key["revoked"] = datetime.now(UTC).isoformat(timespec="seconds")
+            return KeyInfo(make_kid(zone, version), zone, version, False, str(key.get("created", "")), key["revoked"])
 
 
 def _new_key_entry() -> dict[str, str]:

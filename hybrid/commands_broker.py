@@ -75,6 +75,22 @@ def keys_rotate(zone: str | None, keyring: str | None) -> None:
     click.echo(f"rotated: {info.kid} now encrypts; older versions still decrypt")
 
 
+@keys.command("revoke")
+@click.option("--zone", help="Zone of the KEK [env HYB_ZONE].")
+@click.option("--version", "version", type=click.IntRange(1), required=True, help="KEK version to revoke.")
+@click.option("--keyring", type=click.Path(dir_okay=False), help="Keyring file [env HYB_KEYRING].")
+@friendly_errors
+def keys_revoke(zone: str | None, version: int, keyring: str | None) -> None:
+    """Destroy an old KEK version: messages sealed under it are dead-lettered as `revoked_key`.
+
+    The current version cannot be revoked (rotate first). Running workers stop using it within a
+    second (they re-read the keyring when it changes). This cannot be undone.
+    """
+    path = _keyring_path(keyring)
+    info = LocalKeyring.revoke(path, _zone_arg(zone), version)
+    click.echo(f"revoked: {info.kid} (key material destroyed at {info.revoked}); its messages will be refused")
+
+
 @keys.command("list")
 @click.option("--keyring", type=click.Path(dir_okay=False), help="Keyring file [env HYB_KEYRING].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -83,11 +99,12 @@ def keys_list(keyring: str | None, as_json: bool) -> None:
     """List key ids, which one is current per zone, and when each was created (never the keys)."""
     infos = LocalKeyring(_keyring_path(keyring)).list_keys()
     if as_json:
-        click.echo(json.dumps([{"kid": i.kid, "current": i.current, "created": i.created} for i in infos]))
+        rows = [{"kid": i.kid, "current": i.current, "created": i.created, "revoked": i.revoked} for i in infos]
+        click.echo(json.dumps(rows))
         return
-    table = Table("kid", "zone", "version", "current", "created")
+    table = Table("kid", "zone", "version", "current", "created", "revoked")
     for i in infos:
-        table.add_row(i.kid, i.zone, str(i.version), "yes" if i.current else "", i.created)
+        table.add_row(i.kid, i.zone, str(i.version), "yes" if i.current else "", i.created, i.revoked)
     console.print(table)
 
 
