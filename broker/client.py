@@ -35,6 +35,10 @@ _MGET_CHUNK = 500
 
 def sealer_from_settings(settings: BrokerSettings, provider: KeyProvider | None = None) -> Sealer:
     """The envelope and codec `settings` describe (the keyring restricted to the settings' zone)."""
+    if provider is None and settings.key_provider == "pkcs11":
+        from broker.hsm import Pkcs11KeyProvider  # python-pkcs11 is only needed here (extra [hsm])
+
+        provider = Pkcs11KeyProvider.from_env(zones=[settings.zone])
     provider = provider or LocalKeyring(settings.keyring, zones=[settings.zone])
     policy = DataKeyCachePolicy(max_messages=settings.dek_max_messages, max_age_s=settings.dek_max_age_s)
     codec = Codec(

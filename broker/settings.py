@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
@@ -44,6 +44,7 @@ class BrokerSettings(BaseSettings):
     block_ms: int = Field(default=1000, ge=0)
     admission_policy: Path | None = None  # limits file (TOML/YAML); producers skip admission without it
     budget_gate: bool = False  # producers refuse cloud-bound jobs while the zone's cost breaker is open
+    key_provider: Literal["keyring", "pkcs11"] = "keyring"  # pkcs11: KEKs in an HSM (HYB_PKCS11_LIB/TOKEN/PIN)
 
     @field_validator("zone")
     @classmethod

@@ -143,3 +143,16 @@ def test_bad_configuration_is_a_clear_error(tokens: str) -> None:
             Pkcs11KeyProvider.from_env()
         finally:
             os.environ.update(old)
+
+
+def test_settings_select_the_hsm_provider(eu: Pkcs11KeyProvider, tokens: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.client import sealer_from_settings
+    from broker.settings import load_settings
+
+    monkeypatch.setenv("HYB_PKCS11_LIB", tokens)
+    monkeypatch.setenv("HYB_PKCS11_TOKEN", f"hyb-{EU}")
+    monkeypatch.setenv("HYB_PKCS11_PIN", PIN)
+    monkeypatch.setenv("HYB_KEY_PROVIDER", "pkcs11")
+    sealer = sealer_from_settings(load_settings(zone=EU))
+    _, h, b = Sealer(Envelope(eu)).seal_job(EU, JobSpec(task="t", inputs={"x": "ঢাকা"}), None)
+    assert sealer.open_job(EU, {b"h": h, b"b": b}).payload.inputs == {"x": "ঢাকা"}
