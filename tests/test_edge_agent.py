@@ -222,3 +222,25 @@ def test_async_cascade_answers_at_once(
     assert out["status"] == "pending" and out["provisional"] is True and out["result"]["label"] in edge_models.labels
     assert r.xlen(jobs_stream(zone, "batch")) == 1  # the cascade went to the batch lane, nobody waited for it
     assert agent.job(out["job_id"])["status"] == "pending"  # type: ignore[index]
+
+
+def test_concurrent_requests_share_one_agent(
+    edge_models: Any, zone: str, tmp_path: Path, r: redis.Redis, redis_server: EmbeddedRedis, sealer: Sealer
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = make_agent(edge_models, zone, tmp_path, sealer=sealer, redis_url=redis_server.url)
+    reqs = [
+        EdgeRequest(text=f"Student {i}: {QUESTION}", task="question-classification", sensitivity="public")
+        if i % 2
+        else EdgeRequest(text=f"Notes of Karim Hossain, page {i}", task="summarization", mode="sync")
+        for i in range(24)
+    ]
+    with cloud_worker(r, sealer, zone), ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(agent.handle, reqs))
+    for req, out in zip(reqs, outs, strict=True):
+        if req.task == "summarization":
+            assert out["status"] == "done" and out["result"]["echo"] == req.text  # each its own, detokenized
+        else:
+            assert out["route"] in ("local", "cloud") and out["status"] in ("done", "provisional")
+    assert agent.totals["pii_tokenized"] == 12 and len(agent.vault) == 1  # one name, one token
