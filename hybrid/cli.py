@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "hybrid.commands_sre",
     "hybrid.demo",
     "hybrid.policy_cli",
+    "hybrid.stack.commands",
 )
 
 

@@ -1,8 +1,10 @@
-"""`hybrid demo`: the broker round trip on one machine, end to end, with real parts.
+"""`hybrid demo`: the whole stack on this machine, driven by the e-learning workload.
 
-An embedded redis-server (or the one REDIS_URL names), a fresh keyring, a worker in a separate
-process, a few hundred sealed jobs in Bengali and English, one tampered message to show the
-dead-letter stream at work, and a summary of what happened.
+By default it runs `hybrid up` and sends student questions and essays through the edge agents
+(`hybrid.stack.demo_run`). `--broker-only` keeps the older, smaller demo: the sealed broker round
+trip alone — an embedded redis-server (or the one REDIS_URL names), a fresh keyring, a worker in a
+separate process, a few hundred sealed jobs in Bengali and English, one tampered message to show
+the dead-letter stream at work.
 """
 
 from __future__ import annotations
@@ -64,20 +66,58 @@ def _specs(n: int, seed: int) -> list[JobSpec]:
 
 
 @click.command()
+@click.option("--quick", is_flag=True, help="A short workload (about a minute once the models are built).")
+@click.option("--redis-url", default=None, help="Use this Redis instead of starting an embedded one.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report's figures as JSON here.")  # fmt: skip
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data dir of the stack [env HYB_DATA_DIR, default ~/.local/share/hybrid-ai-stack].")  # fmt: skip
+@click.option("--edges", type=click.IntRange(1, 32), default=2, show_default=True, help="Edge agents to start.")
 @click.option(
-    "--jobs", "n_jobs", type=click.IntRange(1, 100_000), default=300, show_default=True, help="Jobs to submit."
+    "--cloud-models",
+    type=click.Choice(["full", "light"]),
+    default=None,
+    help="Cloud models: full (torch runners) or light (ONNX) [default: full; light with --quick].",
 )
-@click.option("--zone", default="demo", show_default=True, help="Zone for the demo's keys and streams.")
-@click.option("--seed", type=int, default=7, show_default=True, help="Seed for the generated questions.")
+@click.option("--broker-only", is_flag=True, help="Only the sealed broker round trip (no models, no edge).")
+@click.option(
+    "--jobs", "n_jobs", type=click.IntRange(1, 100_000), default=300, show_default=True,
+    help="--broker-only: jobs to submit.",
+)  # fmt: skip
+@click.option("--zone", default="demo", show_default=True, help="--broker-only: zone for the keys and streams.")
+@click.option("--seed", type=int, default=7, show_default=True, help="--broker-only: seed for the questions.")
 @friendly_errors
-def demo(n_jobs: int, zone: str, seed: int) -> None:
-    """Run the sealed broker round trip on an embedded Redis and print a summary.
+def demo(
+    quick: bool, redis_url: str | None, json_path: Path | None, data_dir: Path | None, edges: int,
+    cloud_models: str | None, broker_only: bool, n_jobs: int, zone: str, seed: int,
+) -> None:  # fmt: skip
+    """Start the stack and drive the e-learning workload through it; print what happened.
 
-    Uses REDIS_URL instead when it is set. Nothing outside a temporary directory is written.
+    Questions in Bengali and English (some with names, phone numbers, e-mails) go to the edge
+    agents, essays are graded with feedback in the cloud lane, and a short Redis outage shows the
+    fallback. Exit 0 when every request was answered, no PII value left a device and no job was
+    dead-lettered.
     """
+    if not broker_only:
+        from hybrid.stack.commands import run_until_interrupted
+        from hybrid.stack.demo_run import DemoOptions, run_demo
+
+        opts = DemoOptions(
+            quick=quick,
+            redis_url=redis_url,
+            json_path=json_path,
+            data_dir=data_dir,
+            edges=edges,
+            cloud_models=cloud_models,
+        )
+        sys.exit(run_until_interrupted(lambda: run_demo(opts)))
+    _broker_only(n_jobs, zone, seed, redis_url)
+
+
+def _broker_only(n_jobs: int, zone: str, seed: int, redis_url: str | None) -> None:
     console = Console()
     keys.check_zone(zone)
-    redis_url = os.environ.get("HYB_REDIS_URL") or os.environ.get("REDIS_URL")
+    redis_url = redis_url or os.environ.get("HYB_REDIS_URL") or os.environ.get("REDIS_URL")
     with tempfile.TemporaryDirectory(prefix="hyb-demo-") as tmp:
         server = None if redis_url else EmbeddedRedis(Path(tmp) / "redis", appendonly=True).start()
         url = redis_url or (server.url if server else "")

@@ -218,12 +218,15 @@ class EdgeCost(_Frozen):
     power_watts: NonNegative
     electricity_usd_per_kwh: NonNegative
     maintenance_usd_per_month: NonNegative = 0.0
+    sources: dict[str, str] = Field(default_factory=dict)  # field → the public list price it comes from
 
 
 class CloudPrice(_Frozen):
     on_demand_usd_per_hour: NonNegative
     spot_usd_per_hour: NonNegative
     egress_usd_per_gb: NonNegative
+    instance: str | None = None  # the instance type priced, e.g. "g4dn.xlarge (1x T4), ap-south-1"
+    sources: dict[str, str] = Field(default_factory=dict)  # field → the public list price it comes from
 
     def gpu_usd_per_hour(self, capacity: Capacity) -> float:
         return self.spot_usd_per_hour if capacity is Capacity.SPOT else self.on_demand_usd_per_hour

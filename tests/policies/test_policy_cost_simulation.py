@@ -58,11 +58,12 @@ def test_cloud_cost_depends_on_capacity_class_utilization_and_egress() -> None:
     model = DEFAULT.model("essay-grader-large")
     batch = cloud_inference_usd(model, "in-wb", Lane.BATCH, DEFAULT)
     interactive = cloud_inference_usd(model, "in-wb", Lane.INTERACTIVE, DEFAULT)
-    # spot 0.42 $/h at 90 % busy vs on-demand 1.05 $/h at 35 % busy, for 110 ms of GPU per essay
-    assert batch.gpu_usd == pytest.approx(0.42 * 0.110 / 0.9 / 3600)
-    assert interactive.gpu_usd == pytest.approx(1.05 * 0.110 / 0.35 / 3600)
-    # egress: the 4096-byte answer plus 512 bytes of envelope at 0.09 $/GB
-    assert batch.egress_usd == pytest.approx(0.09 * 4608 / 1e9)
+    price = DEFAULT.cost.cloud["in-wb"]
+    # spot $/h at 90 % busy vs on-demand $/h at 35 % busy, for 110 ms of GPU per essay
+    assert batch.gpu_usd == pytest.approx(price.spot_usd_per_hour * 0.110 / 0.9 / 3600)
+    assert interactive.gpu_usd == pytest.approx(price.on_demand_usd_per_hour * 0.110 / 0.35 / 3600)
+    # egress: the 4096-byte answer plus 512 bytes of envelope at the zone's $/GB
+    assert batch.egress_usd == pytest.approx(price.egress_usd_per_gb * 4608 / 1e9)
     assert batch.total_usd == pytest.approx(batch.gpu_usd + batch.egress_usd)
     dhaka = cloud_inference_usd(model, "bd-dhaka", Lane.BATCH, DEFAULT)
     assert dhaka.total_usd > batch.total_usd  # bd-dhaka's prices are higher on every line

@@ -128,8 +128,8 @@ BAD_INPUT = [
         id="budget-zone-not-defined",
     ),
     pytest.param(
-        "    bd-dhaka:\n      on_demand_usd_per_hour: 1.20",
-        "    bd-ctg:\n      on_demand_usd_per_hour: 1.20",
+        "    bd-dhaka:\n      on_demand_usd_per_hour: 0.736",
+        "    bd-ctg:\n      on_demand_usd_per_hour: 0.736",
         "cost.cloud.bd-ctg",
         "not defined under zones",
         "bd-ctg:",
@@ -248,7 +248,8 @@ def test_several_problems_are_all_reported() -> None:
 def test_duplicate_keys_are_refused_not_silently_overwritten() -> None:
     text = mutate("  utilization_threshold: 0.7", "  utilization_threshold: 0.7\n  utilization_threshold: 0.2")
     issues = issues_of(text)
-    assert [(i.line, i.field) for i in issues] == [(line_of(text, "0.2"), "utilization_threshold")]
+    line = line_of(text, "utilization_threshold: 0.2")
+    assert [(i.line, i.field) for i in issues] == [(line, "utilization_threshold")]
 
 
 def test_yaml_syntax_error_names_its_line() -> None:
