@@ -189,6 +189,44 @@ def edge_serve(
         agent.close()
 
 
+@edge.command("rotate-key")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="The agent's state directory.")
+@friendly_errors
+def edge_rotate_key(state_dir: Path | None) -> None:
+    """Start a new device key epoch: new PII tokens from now on; older tokens still detokenize."""
+    from edge_agent.vault import DeviceKeys, VaultError
+
+    path = (state_dir or _default_state_dir()) / "device_keys.json"
+    if not path.is_file():
+        raise click.UsageError(f"no device key file at {path} (has the agent run with this --state-dir?)")
+    try:
+        epoch = DeviceKeys(path).rotate()
+    except VaultError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"device key epoch {epoch} is current ({path}); restart the agent to use it")
+
+
+@edge.command("purge-vault")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="The agent's state directory.")
+@click.option("--older-than-days", type=click.FloatRange(min=0), required=True, help="Age to forget after.")
+@friendly_errors
+def edge_purge_vault(state_dir: Path | None, older_than_days: float) -> None:
+    """Forget token → value mappings not used for a while (a retention period for the PII vault)."""
+    from edge_agent.vault import Vault, VaultError
+
+    directory = state_dir or _default_state_dir()
+    if not (directory / "vault.sqlite").is_file():
+        raise click.UsageError(f"no vault in {directory}")
+    try:
+        vault = Vault.open(directory)
+        removed = vault.purge(older_than_days * 86400)
+        left = len(vault)
+        vault.close()
+    except VaultError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"removed {removed} mapping(s); {left} left")
+
+
 @click.command()
 @settings_options
 @click.option("--all-zones", is_flag=True, help="List devices of every zone, not only --zone's.")

@@ -140,3 +140,23 @@ def test_serve_refuses_a_tampered_model(built_models_dir: Path, tmp_path: Path) 
     weights.write_bytes(bytes(data))
     out = CliRunner().invoke(cli, ["edge", "serve", "--models-dir", str(tampered), "--port", "0"])
     assert out.exit_code == 1 and "qclf-fallback" in out.output and isinstance(out.exception, SystemExit)
+
+
+def test_rotate_key_and_purge_vault(tmp_path: Path) -> None:
+    from edge_agent.vault import Vault
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["edge", "rotate-key", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 2 and "no device key file" in out.output
+    vault = Vault.open(tmp_path)
+    old = vault.token_for("EMAIL", "a@b.org")
+    vault.close()
+    out = runner.invoke(cli, ["edge", "rotate-key", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 0 and "epoch 2" in out.output
+    vault = Vault.open(tmp_path)
+    assert vault.token_for("EMAIL", "a@b.org") != old and vault.lookup([old]) == {old: "a@b.org"}
+    vault.close()
+    out = runner.invoke(cli, ["edge", "purge-vault", "--state-dir", str(tmp_path), "--older-than-days", "30"])
+    assert out.exit_code == 0 and "removed 0 mapping(s); 2 left" in out.output
+    out = runner.invoke(cli, ["edge", "purge-vault", "--state-dir", str(tmp_path / "x"), "--older-than-days", "1"])
+    assert out.exit_code == 2 and "no vault" in out.output
