@@ -116,6 +116,25 @@ class DeviceMonitor:
             self._thread = None
 
 
+class FixedMonitor:
+    """A monitor that reports a fixed utilization: benchmarks and tests, where the request path must not
+    depend on how busy the machine running them is."""
+
+    def __init__(self, utilization: float = 0.1, memory_available_mb: float = 4096.0) -> None:
+        self.utilization = utilization
+        self.memory_available_mb = memory_available_mb
+
+    def snapshot(self) -> Snapshot:
+        mem = self.memory_available_mb
+        return Snapshot(self.utilization, None, mem, 2 * mem, time.monotonic())
+
+    def start(self) -> FixedMonitor:
+        return self
+
+    def stop(self) -> None:
+        pass
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -273,6 +292,7 @@ def list_devices(client: redis.Redis, zone: str | None = None) -> list[dict[str,
 
 __all__ = [
     "DeviceMonitor",
+    "FixedMonitor",
     "Heartbeat",
     "Snapshot",
     "benchmark_models",

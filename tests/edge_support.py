@@ -16,7 +16,7 @@ import redis
 from broker.consumer import Consumer, Outcome
 from broker.message import Job, Sealer
 from edge_agent.agent import AgentConfig, EdgeAgent
-from edge_agent.device import Snapshot
+from edge_agent.device import FixedMonitor
 from edge_agent.pii import Roster
 from policies import Policy, default_policy_text, parse_policy
 
@@ -33,22 +33,6 @@ def policy_for_zone(zone: str, **thresholds: float) -> Policy:
         key = name.replace("_", "-")
         tasks[key] = tasks[key].model_copy(update={"confidence_threshold": value})
     return policy.model_copy(update={"tasks": tasks})
-
-
-class PinnedMonitor:
-    """The device's utilization held at a value (the request path must not depend on the test box's load)."""
-
-    def __init__(self, utilization: float = 0.1) -> None:
-        self.utilization = utilization
-
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.utilization, None, 4096.0, 8192.0, time.monotonic())
-
-    def start(self) -> PinnedMonitor:
-        return self
-
-    def stop(self) -> None:
-        pass
 
 
 @dataclass
@@ -104,7 +88,7 @@ def make_agent(
         sealer=sealer,
         redis_url=redis_url,
         roster=Roster.load(ROSTER),
-        monitor=PinnedMonitor(utilization),
+        monitor=FixedMonitor(utilization),
         bench={"classifier": {"p50_ms": 5.0, "p95_ms": 8.0}},
         clock=clock,
     )
@@ -127,7 +111,6 @@ def closed_port_url() -> str:
 
 __all__ = [
     "CloudWorker",
-    "PinnedMonitor",
     "closed_port_url",
     "cloud_worker",
     "make_agent",
