@@ -79,6 +79,7 @@ def _specs(n: int, seed: int) -> list[JobSpec]:
     default=None,
     help="Cloud models: full (torch runners) or light (ONNX) [default: full; light with --quick].",
 )
+@click.option("--keep-running", is_flag=True, help="Leave the stack up after the report (status page) until Ctrl-C.")
 @click.option("--broker-only", is_flag=True, help="Only the sealed broker round trip (no models, no edge).")
 @click.option(
     "--jobs", "n_jobs", type=click.IntRange(1, 100_000), default=300, show_default=True,
@@ -89,7 +90,7 @@ def _specs(n: int, seed: int) -> list[JobSpec]:
 @friendly_errors
 def demo(
     quick: bool, redis_url: str | None, json_path: Path | None, data_dir: Path | None, edges: int,
-    cloud_models: str | None, broker_only: bool, n_jobs: int, zone: str, seed: int,
+    cloud_models: str | None, keep_running: bool, broker_only: bool, n_jobs: int, zone: str, seed: int,
 ) -> None:  # fmt: skip
     """Start the stack and drive the e-learning workload through it; print what happened.
 
@@ -109,6 +110,7 @@ def demo(
             data_dir=data_dir,
             edges=edges,
             cloud_models=cloud_models,
+            keep_running=keep_running,
         )
         sys.exit(run_until_interrupted(lambda: run_demo(opts)))
     _broker_only(n_jobs, zone, seed, redis_url)

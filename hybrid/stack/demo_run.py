@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ class DemoOptions:
     data_dir: Path | None = None
     edges: int = 2
     cloud_models: str | None = None
+    keep_running: bool = False
 
 
 def route_table(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
@@ -142,9 +145,13 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         figures = _figures(opts, stack, outcomes, before, after, wm, dlq0, dlq1, pii_values, scan, urls)
         figures["wall_s"] = round(time.perf_counter() - t_start, 1)
         _print(console, figures)
-    if opts.json_path:
-        opts.json_path.write_text(json.dumps(figures, indent=2, ensure_ascii=False), encoding="utf-8")
-        err.print(f"wrote {opts.json_path}")
+        if opts.json_path:
+            opts.json_path.write_text(json.dumps(figures, indent=2, ensure_ascii=False), encoding="utf-8")
+            err.print(f"wrote {opts.json_path}")
+        if opts.keep_running:
+            console.print(f"the stack keeps running: status page {stack.status_url} — Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
     return 0 if figures["passed"] else 1
 
 
