@@ -24,12 +24,14 @@ not its own job's), `re_executions` (runs beyond the first, from the chaos runne
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,15 @@ from rich.table import Table
 
 from benchmarks.chaos_lib import (
     FixedPool,
+    RedisCluster,
+    TcpProxy,
     chaos_specs,
     check_outputs,
     collect_results,
     count_results,
     exec_summary,
+    key_slot,
+    redis7_binaries,
     reply_duplicates,
     wait_until,
     worker_argv,
@@ -293,7 +299,264 @@ def _pending_of(r: Any, stream: str, consumer: str) -> int:
     return 0
 
 
+# -- fault 3: the edge agent cut off from Redis -----------------------------------------------------------
+
+PII_ESSAYS = [
+    "Essay by Rahim Uddin (rahim.uddin@example.com, phone 01712-345678): the water cycle moves water.",
+    "রহিম উদ্দিন লিখেছে, ফোন ০১৭১২-৩৪৫৬৭৮: সালোকসংশ্লেষণ গাছের খাদ্য তৈরির প্রক্রিয়া।",
+    "Fatema Khatun <fatema.k@example.org> explains why ice floats: it is less dense than water.",
+    "করিম হোসেন (karim.h@example.net, ০১৮১৯-৯৮৭৬৫৪) ভগ্নাংশ যোগের নিয়ম ব্যাখ্যা করেছে।",
+]
+"""The workload's PII: every name, email and phone number in English and Bengali script, Latin and
+Bengali digits. `benchmarks.security` searches Redis, metrics and logs for each of them."""
+PII_VALUES = [
+    "Rahim Uddin", "রহিম উদ্দিন", "rahim.uddin@example.com", "01712-345678", "০১৭১২-৩৪৫৬৭৮",
+    "Fatema Khatun", "fatema.k@example.org", "করিম হোসেন", "karim.h@example.net", "০১৮১৯-৯৮৭৬৫৪",
+]  # fmt: skip
+
+
+class _PinnedMonitor:
+    """The device held at one utilization (busy: interactive questions go to the cloud, or the fallback)."""
+
+    def __init__(self, utilization: float) -> None:
+        from edge_agent.device import Snapshot
+
+        self._snap = Snapshot(utilization, None, 4096.0, 8192.0, time.monotonic())
+
+    def snapshot(self) -> Any:
+        return self._snap
+
+    def start(self) -> _PinnedMonitor:
+        return self
+
+    def stop(self) -> None:
+        return None
+
+
+def fault_edge_cut(
+    redis_url: str, work: Path, zone: str, models: Any, policy: Any, *, cut_s: float = 10.0,
+    before_s: float = 2.0, after_s: float = 2.0, rate_per_s: float = 10.0, drain_timeout_s: float = 150.0,
+    roster: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Async essays (PII inside) and interactive questions at `rate_per_s` each; the edge's path to Redis
+    goes through a `TcpProxy` that is cut for `cut_s`. A cloud consumer (straight to Redis) answers."""
+    import threading
+    from urllib.parse import urlparse
+
+    from broker.consumer import Consumer
+    from edge_agent.agent import AgentConfig, EdgeAgent, EdgeRequest
+
+    _, sealer = _keyring(work, zone)
+    proxy = TcpProxy("127.0.0.1", int(urlparse(redis_url).port or 6379)).start()
+    cfg = AgentConfig(device_id="chaos-edge", zone=zone, replay_interval_s=0.2, cloud_wait_s=2.0)
+    agent = EdgeAgent(models, policy, cfg, state_dir=work / "edge", sealer=sealer, redis_url=proxy.url,
+                      roster=roster, monitor=_PinnedMonitor(0.95),
+                      bench={"classifier": {"p50_ms": 5.0, "p95_ms": 8.0}}).start()  # fmt: skip
+    seen: list[str] = []
+
+    def cloud(jobs: list[Any]) -> list[Any]:
+        seen.extend(j.job_id for j in jobs)
+        return [{"label": "cloud", "n": len(j.payload.inputs.get("text", ""))} for j in jobs]
+
+    direct = connect(redis_url)
+    consumer = Consumer(direct, sealer, zone, "chaos-cloud", block_ms=100, min_idle_ms=5000)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(cloud,), kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    essays: list[tuple[str, str]] = []  # (job id, status at submission)
+    interactive: Counter[str] = Counter()
+    errors: list[str] = []
+    max_outbox = 0
+    started = time.monotonic()
+    cut_at, restore_at, end_at = started + before_s, started + before_s + cut_s, started + before_s + cut_s + after_s
+    cut = restored = False
+    i = 0
+    try:
+        while time.monotonic() < end_at:
+            now = time.monotonic()
+            if not cut and now >= cut_at:
+                proxy.cut()
+                cut = True
+            if cut and not restored and now >= restore_at:
+                proxy.restore()
+                restored = True
+            phase = "cut" if cut and not restored else "up"
+            try:
+                out = agent.handle(EdgeRequest(text=PII_ESSAYS[i % len(PII_ESSAYS)] + f" #{i}", task="essay-grading"))
+                essays.append((out["job_id"], out["status"]))
+                q = agent.handle(EdgeRequest(text=f"What is Newton's second law? ({i})",
+                                             task="question-classification", sensitivity="personal"))  # fmt: skip
+                interactive[f"{phase}:{q['route']}:{q['status']}"] += 1
+            except Exception as exc:  # counted: a request the device could not answer at all
+                errors.append(f"{phase}: {type(exc).__name__}: {exc}")
+            max_outbox = max(max_outbox, len(agent.outbox))
+            i += 1
+            time.sleep(max(0.0, started + i / rate_per_s - time.monotonic()))
+        ids = [j for j, _ in essays]
+        drained = wait_until(lambda: len(agent.outbox) == 0 and count_results(direct, zone, ids) == len(ids),
+                             drain_timeout_s, 0.2)  # fmt: skip
+        drain_s = time.monotonic() - restore_at
+    finally:
+        stop.set()
+        thread.join(10)
+        agent.close()
+        proxy.stop()
+    first_seen = list(dict.fromkeys(seen))
+    order = [j for j in first_seen if j in set(ids)]
+    results = collect_results(direct, sealer, zone, ids)
+    runs = Counter(seen)
+    _, notified_twice = reply_duplicates(direct, zone, "edge-chaos-edge")
+    during = {k.split(":", 1)[1]: v for k, v in interactive.items() if k.startswith("cut:")}
+    return {
+        "submitted": len(ids), "results": len(results), "lost": len(ids) - len(results),
+        "duplicate_results": notified_twice, "re_executions": sum(c - 1 for c in runs.values() if c > 1),
+        "cut_s": cut_s, "queued_in_outbox": sum(1 for _, st in essays if st == "queued"), "max_outbox": max_outbox,
+        "delivered_in_order": order == ids, "drained": drained, "drain_s_after_restore": round(drain_s, 1),
+        "interactive_during_cut": during, "interactive_total": sum(interactive.values()),
+        "interactive_fallback_during_cut": sum(v for k, v in during.items() if k.startswith("fallback")),
+        "interactive_not_answered": len(errors), "errors": errors[:5], "proxy_connections": proxy.connections,
+    }  # fmt: skip
+
+
+# -- fault 5: a Redis Cluster master killed ----------------------------------------------------------------
+
+
+def fault_cluster(
+    work: Path, n_jobs: int, *, ms: float = 5.0, chunk: int = 50, pace_s: float = 10.0, outage_s: float = 8.0,
+    min_idle_ms: int = 1500, timeout_s: float = 180.0,
+) -> dict[str, Any]:  # fmt: skip
+    """Two zones whose hash-tag slots live on different masters of a 3-master cluster (no replicas), a
+    supervised worker and a producer each. Mid-run the master of zone A's slot is SIGKILLed; after
+    `outage_s` it is started again on its data directory (AOF always)."""
+    cluster = RedisCluster(work / "cluster").start()
+    pools: list[FixedPool] = []
+    try:
+        owner: dict[str, int] = {}
+        zones: list[str] = []
+        for k in range(200):  # two zones on two different masters
+            z = f"cz{k}"
+            port = cluster.port_of_slot(key_slot(keys.jobs_stream(z, "batch")))
+            if port not in owner.values():
+                owner[z] = port
+                zones.append(z)
+            if len(zones) == 2:
+                break
+        victim_zone, other_zone = zones
+        victim_port = owner[victim_zone]
+        clients: dict[str, Client] = {}
+        sealers: dict[str, Sealer] = {}
+        for z in zones:
+            keyring, sealers[z] = _keyring(work / z, z)
+            (work / z).mkdir(parents=True, exist_ok=True)
+            pools.append(FixedPool(cluster.url, z, keyring, work / z / "execs", work / z / "logs", replicas=1,
+                                   min_idle_ms=min_idle_ms, prefix=f"cl-{z}"))  # fmt: skip
+            clients[z] = Client(connect(cluster.url), sealers[z], z, name=PRODUCER)
+        specs = {z: chaos_specs(z, n_jobs, ms) for z in zones}
+        acked: dict[str, list[str]] = {z: [] for z in zones}
+        refused: dict[str, int] = dict.fromkeys(zones, 0)
+        retry: dict[str, list[Any]] = {z: [] for z in zones}
+        n_chunks = (n_jobs + chunk - 1) // chunk
+        started = time.monotonic()
+        killed_at = restarted_at = None
+        other_done_during_outage = 0
+        for c in range(n_chunks):
+            for pool in pools:
+                pool.step()
+            if killed_at is None and c == n_chunks // 3:
+                cluster.kill(victim_port)
+                killed_at = time.monotonic()
+            if killed_at is not None and restarted_at is None and time.monotonic() - killed_at >= outage_s:
+                other_done_during_outage = count_results(clients[other_zone].redis, other_zone, acked[other_zone])
+                cluster.restart(victim_port)
+                restarted_at = time.monotonic()
+            for z in zones:
+                for batch in [*retry[z], specs[z][c * chunk : (c + 1) * chunk]]:
+                    try:
+                        acked[z] += clients[z].submit_many(batch)
+                        if batch in retry[z]:
+                            retry[z].remove(batch)
+                    except RedisUnavailable:
+                        refused[z] += len(batch)
+                        if batch not in retry[z]:
+                            retry[z].append(batch)
+            time.sleep(pace_s / n_chunks)
+        if restarted_at is None:
+            while time.monotonic() - (killed_at or 0) < outage_s:
+                time.sleep(0.1)
+            other_done_during_outage = count_results(clients[other_zone].redis, other_zone, acked[other_zone])
+            cluster.restart(victim_port)
+            restarted_at = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for pool in pools:
+                pool.step()
+            for z in zones:
+                for batch in list(retry[z]):
+                    try:
+                        acked[z] += clients[z].submit_many(batch)
+                        retry[z].remove(batch)
+                    except RedisUnavailable:
+                        pass
+            if all(not retry[z] for z in zones) and all(
+                _safe_count(clients[z].redis, z, acked[z]) == n_jobs for z in zones
+            ):
+                break
+            time.sleep(0.25)
+        out: dict[str, Any] = {"zones": {}, "killed_master": victim_port, "outage_s": outage_s}
+        for z, pool in zip(zones, pools, strict=True):
+            figs = _figures(clients[z].redis, sealers[z], z, z, sorted(set(acked[z])), work / z / "execs", n_jobs)
+            figs.update(role="its master killed" if z == victim_zone else "other master",
+                        submits_refused=refused[z], worker_restarts=pool.supervisor.stats.restarted)  # fmt: skip
+            out["zones"][z] = figs
+        out["other_zone_results_during_outage"] = other_done_during_outage
+        out["seconds"] = round(time.monotonic() - started, 1)
+        for key in ("submitted", "results", "lost", "duplicate_results", "re_executions"):
+            out[key] = sum(out["zones"][z][key] for z in zones)
+        return out
+    finally:
+        for pool in pools:
+            pool.shutdown()
+        cluster.stop()
+
+
+def _safe_count(r: Any, zone: str, ids: list[str]) -> int:
+    try:
+        return count_results(r, zone, ids)
+    except Exception:
+        return -1
+
+
 # -- the run ---------------------------------------------------------------------------------------------
+
+
+def _edge_models(work: Path, models_dir: Path | None) -> Any:
+    """The edge models: from `models_dir`, else the installed ones, else built into `work` (signed with a
+    key made here, which the loader is then told to trust)."""
+    from edge_agent.models import EdgeModels
+    from edge_agent.models.runtime import default_models_dir
+
+    for candidate in (models_dir, default_models_dir()):
+        if candidate is not None and (candidate / "registry.json").exists():
+            return EdgeModels.load(candidate)
+    from edge_agent.models.build import build_models
+
+    key = work / "model-keys" / "signing.pem"
+    os.environ["HYB_MODEL_SIGNING_KEY"] = str(key)
+    os.environ["HYB_MODEL_VERIFY_KEY"] = str(key) + ".pub"
+    build_models(work / "models", signing_key=key)
+    return EdgeModels.load(work / "models")
+
+
+def _policy() -> Any:
+    from policies import load_default_policy
+
+    return load_default_policy()  # zone in-wb
+
+
+def _roster() -> Any:
+    from edge_agent.pii import Roster
+
+    return Roster.load(Path(__file__).resolve().parents[1] / "data" / "pii" / "roster.yaml")
 
 
 def _table(faults: dict[str, dict[str, Any]]) -> Table:
@@ -312,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2,000 jobs, faults 1-4 (under 5 minutes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--only", default="", help="comma-separated faults to run (default: all)")
+    ap.add_argument(
+        "--models-dir", type=Path, default=None, help="built edge models for fault 3 (default: installed, else built)"
+    )
     args = ap.parse_args(argv)
     n = 2000 if args.quick else 10_000
     only = {x for x in args.only.split(",") if x}
@@ -337,6 +603,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{faults['worker_sigstop']['late_results_refused']} late results refused"
                 )
                 console.print(faults["worker_sigstop"])
+            if want("edge_cut"):
+                faults["edge_cut"] = fault_edge_cut(
+                    server.url, work / "f3", "in-wb", _edge_models(work, args.models_dir), _policy(),
+                    cut_s=10.0 if args.quick else 60.0, roster=_roster(),
+                )  # fmt: skip
+                f = faults["edge_cut"]
+                f["note"] = (
+                    f"cut {f['cut_s']:g} s: {f['max_outbox']} held in the outbox, "
+                    f"{f['interactive_fallback_during_cut']} fallback answers, in order: {f['delivered_in_order']}"
+                )
+                console.print(f)
         for mode in ("always", "everysec"):
             name = f"redis_restart_{mode}"
             if want(name):
@@ -344,6 +621,17 @@ def main(argv: list[str] | None = None) -> int:
                 f = faults[name]
                 f["note"] = f"{f['redis_kills']} kills; {f['unacknowledged_submits']} unacked → resubmitted"
                 console.print(faults[name])
+        if not args.quick and want("cluster_master_kill"):
+            if redis7_binaries() is None:
+                faults["cluster_master_kill"] = {"note": "skipped: needs redis-server and redis-cli >= 7"}
+            else:
+                f = faults["cluster_master_kill"] = fault_cluster(work / "f5", n // 5)
+                victim = next(z for z, v in f["zones"].items() if v["role"] == "its master killed")
+                f["note"] = (
+                    f"zone {victim}: {f['zones'][victim]['submits_refused']} submit attempts refused while down; "
+                    f"other zone: {f['other_zone_results_during_outage']} results during the outage"
+                )
+                console.print(f)
     result = {
         "benchmark": "chaos",
         "config": {**machine(), "jobs": n, "quick": args.quick},
@@ -360,4 +648,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["fault_redis_restarts", "fault_sigstop", "fault_worker_kills", "main"]
+__all__ = [
+    "PII_ESSAYS",
+    "PII_VALUES",
+    "fault_cluster",
+    "fault_edge_cut",
+    "fault_redis_restarts",
+    "fault_sigstop",
+    "fault_worker_kills",
+    "main",
+]

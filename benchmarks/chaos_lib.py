@@ -350,15 +350,21 @@ class RedisCluster:
         if found is None:
             raise RuntimeError("a Redis Cluster needs redis-server and redis-cli >= 7 (/usr/bin)")
         server, cli = found
-        self.ports = [free_port() for _ in range(self.masters)]
+        self.ports = [_cluster_port() for _ in range(self.masters)]
+        try:
+            self._start_nodes(server, cli, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_nodes(self, server: str, cli: str, timeout_s: float) -> None:
         for port in self.ports:
             d = self.base_dir / str(port)
             d.mkdir(parents=True, exist_ok=True)
-            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--appendonly", "yes",
-                    "--appendfsync", "always", "--save", "", "--logfile", str(d / "redis.log"),
-                    "--cluster-require-full-coverage", "no"]  # fmt: skip
-            self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(self._args(server, port, d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
         for port in self.ports:
             if not wait_until(lambda p=port: redis.Redis(port=p).ping(), 10, 0.05):  # type: ignore[misc]
                 raise RuntimeError(f"cluster node on port {port} did not start")
@@ -373,7 +379,6 @@ class RedisCluster:
 
         if not wait_until(ok, timeout_s, 0.1):
             raise RuntimeError("the cluster did not reach cluster_state:ok")
-        return self
 
     @property
     def url(self) -> str:
@@ -384,6 +389,24 @@ class RedisCluster:
             if int(start) <= slot <= int(end):
                 return int(master[1])
         raise LookupError(f"no node serves slot {slot}")
+
+    def restart(self, port: int, timeout_s: float = 30.0) -> None:
+        """Start a killed master again on its data directory (it reloads its AOF and cluster config)."""
+        found = redis7_binaries()
+        assert found is not None
+        i = self.ports.index(port)
+        d = self.base_dir / str(port)
+        self.procs[i] = subprocess.Popen(self._args(found[0], port, d), stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)  # fmt: skip
+        if not wait_until(lambda: redis.Redis(port=port).ping(), timeout_s, 0.05):
+            raise RuntimeError(f"cluster node on port {port} did not come back")
+
+    @staticmethod
+    def _args(server: str, port: int, d: Path) -> list[str]:
+        return [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--appendonly", "yes",
+                "--appendfsync", "always", "--save", "", "--logfile", str(d / "redis.log"),
+                "--cluster-require-full-coverage", "no"]  # fmt: skip
 
     def kill(self, port: int) -> None:
         i = self.ports.index(port)
@@ -403,6 +426,21 @@ class RedisCluster:
                     proc.kill()
                     proc.wait()
             self.procs[i] = None
+
+
+def _cluster_port() -> int:
+    """A free port at most 55535 whose cluster bus port (+10000) is free as well."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def key_slot(key: str) -> int:

@@ -27,8 +27,31 @@ def _tls_from_env(url: str) -> dict[str, str]:
     return {arg: os.environ[var] for arg, var in TLS_ENV.items() if arg not in query and os.environ.get(var)}
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""A Redis Cluster: `redis+cluster://host:port/0` names any one node; the client discovers the others.
+Every key of a zone carries the zone's hash tag, so a zone's keys and Lua scripts stay on one slot."""
+
+
 def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
-    """A redis-py client for `url` (bytes in and out; we decode ourselves). TLS: `rediss://` (see `TLS_ENV`)."""
+    """A redis-py client for `url` (bytes in and out; we decode ourselves). TLS: `rediss://` (see `TLS_ENV`).
+    `redis+cluster://` (or `rediss+cluster://`) gives a `redis.cluster.RedisCluster` with the same interface."""
+    if url.startswith(CLUSTER_SCHEMES):
+        from redis.cluster import RedisCluster
+
+        plain = url.replace("+cluster", "", 1)
+        try:
+            cluster = RedisCluster.from_url(
+                plain,
+                decode_responses=False,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=MAX_BLOCK_MS / 1000 + 30,
+                **_tls_from_env(plain),
+            )
+        except (redis.exceptions.RedisClusterException, redis.ConnectionError) as exc:
+            raise RedisUnavailable(f"Redis Cluster at {plain} is not reachable: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
+        return cluster  # type: ignore[return-value]  # same command interface as redis.Redis
     try:
         return redis.Redis.from_url(
             url,
@@ -49,6 +72,9 @@ def redis_errors(what: str = "Redis") -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RedisUnavailable(f"{what} is not reachable: {exc}") from exc
+    except (redis.exceptions.ClusterDownError, redis.exceptions.RedisClusterException) as exc:
+        # a cluster whose node for this slot is down (its zone is unavailable; other zones go on)
+        raise RedisUnavailable(f"{what} is not reachable (cluster): {exc}") from exc
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
@@ -60,4 +86,4 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-__all__ = ["MAX_BLOCK_MS", "TLS_ENV", "connect", "ensure_group", "redis_errors"]
+__all__ = ["CLUSTER_SCHEMES", "MAX_BLOCK_MS", "TLS_ENV", "connect", "ensure_group", "redis_errors"]
