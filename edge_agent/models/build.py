@@ -200,6 +200,10 @@ class _Design:
         self.n = len(texts)
         self.rows = np.repeat(np.arange(self.n), np.diff(self.indptr))
         self.dense = dense
+        self._rows_nonempty = np.flatnonzero(np.diff(self.indptr) > 0)
+        # the same entries grouped by column, for the transposed product
+        self._by_col = np.argsort(self.indices, kind="stable")
+        self._cols, self._col_starts = np.unique(self.indices[self._by_col], return_index=True)
 
     @property
     def width(self) -> int:
@@ -207,18 +211,17 @@ class _Design:
 
     def matmul(self, w: np.ndarray) -> np.ndarray:
         contrib = w[self.indices] * self.values[:, None]
-        out = np.stack(
-            [np.bincount(self.rows, weights=contrib[:, c], minlength=self.n) for c in range(w.shape[1])], axis=1
-        ).astype(np.float32)
+        out = np.zeros((self.n, w.shape[1]), dtype=np.float32)
+        # rows are contiguous runs of the CSR arrays: one reduceat over the non-empty ones
+        out[self._rows_nonempty] = np.add.reduceat(contrib, self.indptr[:-1][self._rows_nonempty], axis=0)
         if self.dense is not None:
             out += self.dense @ w[self.buckets :]
         return out
 
     def t_matmul(self, g: np.ndarray) -> np.ndarray:
         out = np.zeros((self.width, g.shape[1]), dtype=np.float32)
-        contrib = g[self.rows] * self.values[:, None]
-        for c in range(g.shape[1]):
-            out[: self.buckets, c] = np.bincount(self.indices, weights=contrib[:, c], minlength=self.buckets)
+        contrib = (g[self.rows] * self.values[:, None])[self._by_col]
+        out[self._cols] = np.add.reduceat(contrib, self._col_starts, axis=0)
         if self.dense is not None:
             out[self.buckets :] = self.dense.T @ g
         return out
