@@ -41,7 +41,15 @@ from broker.admission import Admission, AdmissionPolicy, Entry
 from broker.breaker import STATE_VALUE, Breaker, BreakerPolicy, ExponentialBackoff, State
 from broker.client import Client
 from broker.connection import ensure_group, redis_errors
-from broker.errors import Backpressure, BudgetExceeded, HybridError, MessageError, RedisUnavailable
+from broker.errors import (
+    Backpressure,
+    BudgetExceeded,
+    ConfigError,
+    HybridError,
+    MessageError,
+    RedisUnavailable,
+    UnknownKey,
+)
 from broker.ids import new_ulid
 from broker.ledger import CostBreaker, Ledger
 from broker.message import JobSpec, Sealer, new_job_id
@@ -391,10 +399,15 @@ class EdgeAgent:
                 request, device.model_copy(update={"cloud_reachable": True, "breaker_open": False}), self.policy
             )
             if plan.route is Route.CLOUD:
-                job_id, wire = self._offload(req, plan, spans, queue_on_failure=True, force_queue=True)
-                out.update(route="cloud", job_id=job_id, status=wire, result=None, provisional=False, fallback=False)
-                out["decision"] = _decision_doc(decision, plan)
-                return
+                try:
+                    job_id, wire = self._offload(req, plan, spans, queue_on_failure=True, force_queue=True)
+                except CloudFailure as exc:
+                    decision = decision.model_copy(update={"reasons": (*decision.reasons, str(exc))})
+                else:
+                    out.update(route="cloud", job_id=job_id, status=wire, result=None)
+                    out.update(provisional=False, fallback=False)
+                    out["decision"] = _decision_doc(decision, plan)
+                    return
         if req.task not in LOCAL_TASKS:
             raise ServiceUnavailable(
                 f"the cloud cannot take this {req.task!r} request now and this device has no local model for it: "
@@ -463,7 +476,10 @@ class EdgeAgent:
             trace_id=(req.request_id or "")[:64] or None,
         )
         client = self._client(zone)
-        header, h, b = self.sealer.seal_job(zone, spec, client.name)
+        try:
+            header, h, b = self.sealer.seal_job(zone, spec, client.name)
+        except (UnknownKey, ConfigError) as exc:  # the device holds no key of that zone
+            raise CloudFailure("no_key", f"cannot seal for zone {zone}: {exc}") from None
         job_id = header.job_id
         meta_doc = {"transform": decision.transform.value, **dict(meta or {})}
         # an async job queues behind what already waits, to keep their order; a sync one tries at once

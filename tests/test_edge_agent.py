@@ -244,3 +244,19 @@ def test_concurrent_requests_share_one_agent(
         else:
             assert out["route"] in ("local", "cloud") and out["status"] in ("done", "provisional")
     assert agent.totals["pii_tokenized"] == 12 and len(agent.vault) == 1  # one name, one token
+
+
+def test_a_zone_without_a_key_on_the_device_falls_back(
+    edge_models: Any, zone: str, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    from broker.envelope import Envelope
+    from broker.keyring import LocalKeyring
+
+    LocalKeyring.init_zone(tmp_path / "k.json", "elsewhere")
+    foreign = Sealer(Envelope(LocalKeyring(tmp_path / "k.json", zones=["elsewhere"])))
+    agent = make_agent(edge_models, zone, tmp_path / "s", sealer=foreign, redis_url=redis_server.url, utilization=0.95)
+    out = agent.handle(EdgeRequest(text=QUESTION, task="question-classification", sensitivity="personal"))
+    assert out["route"] == "fallback" and out["fallback_reason"].startswith("no_key: cannot seal for zone")
+    with pytest.raises(ServiceUnavailable, match="no local model"):
+        agent.handle(EdgeRequest(text="essay", task="essay-grading"))  # async, but nothing can seal it
+    assert agent.breaker_state() is State.CLOSED and len(agent.outbox) == 0
