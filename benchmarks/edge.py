@@ -92,21 +92,6 @@ def _ensure_models(models_dir: Path) -> float | None:
     return time.perf_counter() - t0
 
 
-class _PinnedMonitor:
-    """Device utilization held at 10 %: the local route must not depend on this shared machine's load."""
-
-    def snapshot(self) -> Any:
-        from edge_agent.device import Snapshot
-
-        return Snapshot(0.1, None, 4096.0, 8192.0, time.monotonic())
-
-    def start(self) -> _PinnedMonitor:
-        return self
-
-    def stop(self) -> None:
-        pass
-
-
 def request_path_p50_ms(models: Any, texts: list[str], n: int) -> tuple[float | None, str]:
     """Hook for the full local request path through the HTTP API: POST /v1/requests, p50 in ms.
 
@@ -117,6 +102,7 @@ def request_path_p50_ms(models: Any, texts: list[str], n: int) -> tuple[float | 
 
         from edge_agent.agent import AgentConfig, EdgeAgent
         from edge_agent.api import create_app, serve_in_thread
+        from edge_agent.device import FixedMonitor
         from policies import default_policy_text, parse_policy
     except ImportError as exc:
         return None, f"edge_agent.api not available ({exc})"
@@ -129,7 +115,7 @@ def request_path_p50_ms(models: Any, texts: list[str], n: int) -> tuple[float | 
         policy = policy.model_copy(update={"tasks": tasks})
         with tempfile.TemporaryDirectory(prefix="hyb-edge-bench-") as state:
             agent = EdgeAgent(
-                models, policy, AgentConfig(device_id="bench", zone=zone), state_dir=state, monitor=_PinnedMonitor()
+                models, policy, AgentConfig(device_id="bench", zone=zone), state_dir=state, monitor=FixedMonitor(0.1)
             ).start()
             server = serve_in_thread(create_app(agent))
             try:
