@@ -190,11 +190,14 @@ def list_models(models_dir: str | None, as_json: bool) -> None:
     if not entries:
         click.echo(f"no models in {registry.root}: run `hybrid models build`")
         return
-    table = Table("name", "version", "state", "signed", "runtime", "size", "created", title=str(registry.root))
+    table = Table(title=str(registry.root))
+    table.add_column("name", no_wrap=True)
+    for column in ("version", "state", "signed", "runtime", "size", "created"):
+        table.add_column(column, no_wrap=True)
     for e in entries:
         state = "active" if e.active else ("retired" if e.retired else "")
         signed = "yes" if e.signed else "NO"
-        table.add_row(e.name, e.version, state, signed, e.runtime, f"{e.size / 1e6:.2f} MB", e.created)
+        table.add_row(e.name, e.version, state, signed, e.runtime, f"{e.size / 1e6:.2f} MB", e.created[:10])
     Console().print(table)
 
 
