@@ -109,9 +109,12 @@ class Worker:
         self.name = consumer.name
         self.runners: dict[RunnerKey, ModelRunner] = {}
         self.default_model: dict[str, str] = {}
+        self._aliases: dict[RunnerKey, RunnerKey] = {}
         for r in runners:
             self.runners[(r.task, r.model)] = r
             self.default_model.setdefault(r.task, r.model)
+            for alias in r.aliases:
+                self._aliases[alias] = (r.task, r.model)
         if not self.runners:
             raise ValueError("a worker needs at least one runner")
         self.max_in_flight = max_in_flight
@@ -232,7 +235,7 @@ class Worker:
                     d, DeadlinePassed(f"deadline passed {now - h.deadline_ms} ms before a worker got it"), "expired"
                 )
                 continue
-            key = (h.task, self.default_model.get(h.task, h.model) if h.model == "default" else h.model)
+            key = self._route(h.task, h.model)
             runner = self.runners.get(key)
             if runner is None:
                 served = ", ".join(f"{t}/{m}" for t, m in sorted(self.runners))
@@ -254,6 +257,15 @@ class Worker:
 
     def _settled(self, delivery: Delivery, fut: Future[dict[str, Any]]) -> None:
         self._finish(delivery, *_outcome(fut))
+
+    def _route(self, task: str, model: str) -> RunnerKey:
+        """The runner for a job's (task, model): exact, then an alias, then the task's default model."""
+        if (task, model) in self.runners:
+            return task, model
+        alias = self._aliases.get((task, model)) or self._aliases.get((task, "*"))
+        if alias is not None:
+            return alias
+        return (task, self.default_model.get(task, model)) if model == "default" else (task, model)
 
     def _finish(self, delivery: Delivery, outcome: Outcome, kind: str) -> None:
         self._done.put((delivery, outcome, kind))

@@ -269,6 +269,20 @@ def test_health_ready_only_after_models_load(r: redis.Redis, sealer: Sealer, zon
         server.stop()
 
 
+def test_policy_names_reach_their_runner_through_aliases(r: redis.Redis, sealer: Sealer, zone: str) -> None:
+    class Aliased(TinyTextModel):
+        aliases = (("question-classification", "qclf-xlmr-large"), ("tiny-task", "*"))
+
+    client = Client(r, sealer, zone)
+    by_policy = client.submit("question-classification", {"text": "কবে পরীক্ষা?"}, model="qclf-xlmr-large")
+    any_model = client.submit("tiny-task", {"text": "hello"}, model="whatever")
+    wrong = client.submit("question-classification", {"text": "x"}, model="qclf-other")
+    make_worker(r, sealer, zone, [Aliased()]).run(burst=True)
+    res = client.wait_all([by_policy, any_model, wrong], timeout=10)
+    assert res[by_policy].status == "ok" and res[any_model].status == "ok"
+    assert res[wrong].status == "error" and "qclf-other" in (res[wrong].error or "")
+
+
 def test_batch_policy_override_flushes_partial_batches(r: redis.Redis, sealer: Sealer, zone: str) -> None:
     model = TinyTextModel()
     client = Client(r, sealer, zone)

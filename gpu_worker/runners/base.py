@@ -53,6 +53,10 @@ class RunnerInfo:
 class ModelRunner(ABC):
     task: str
     model: str
+    aliases: tuple[tuple[str, str], ...] = ()
+    """Other (task, model) names this runner answers to — the routing policy's names, e.g.
+    ("question-classification", "qclf-xlmr-large") for the `classify` runner. A model of "*" means
+    any model name of that task."""
 
     @abstractmethod
     def load(self) -> None: ...
