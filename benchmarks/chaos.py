@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n = 2000 if args.quick else 10_000
     only = {x for x in args.only.split(",") if x}
-    console = Console()
+    console = Console(width=160)
     faults: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
 
