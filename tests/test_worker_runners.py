@@ -277,6 +277,20 @@ def test_classify_embedding_bad_inputs(
         runners[("classify-embedding", "question-head")].check(inputs)
 
 
+def test_classify_serves_the_edge_embedding_payload_next_to_text(classify: ClassifyRunner, embed: EmbedRunner) -> None:
+    """The edge agent's embedding-only offload is `{"embedding_f16": bytes, "dim": 384}` on `classify`."""
+    vec = np.array(embed.run_batch([{"text": "When is the admit card download?"}])[0]["embedding"], dtype=np.float32)
+    text_row, emb_row = classify.run_batch(
+        [{"text": "When is the SSC exam?"}, {"embedding_f16": vec.astype("<f2").tobytes(), "dim": 384}]
+    )
+    assert (text_row["input"], emb_row["input"]) == ("text", "embedding")
+    assert text_row["label"] == emb_row["label"] == "exam_logistics"
+    with pytest.raises(InvalidInput, match="'dim' must be 384"):
+        classify.check({"embedding": vec.tolist(), "dim": 768})
+    with pytest.raises(InvalidInput, match="text or an embedding, not both"):
+        classify.check({"text": "hi", "embedding": vec.tolist()})
+
+
 def test_classify_bad_inputs(classify: ClassifyRunner) -> None:
     with pytest.raises(InvalidInput, match="context of 256"):
         classify.check({"text": "word " * 300})

@@ -26,10 +26,13 @@ normalised here), so a symmetric int8 quantisation can be sent as is.
 
 Inputs:
 - `classify`: `{"text": str, "truncate": bool = false}` (text over MiniLM's 256 word pieces →
-  `InvalidInput` unless `truncate`; the n-gram part always sees the whole text);
+  `InvalidInput` unless `truncate`; the n-gram part always sees the whole text), or an embedding as
+  below (then the embedding head answers);
 - `classify-embedding`: exactly one of `{"embedding": [384 numbers]}`, `{"embedding_f16": 768
-  bytes}` (little-endian half floats) or `{"embedding_i8": 384 bytes}` (signed int8).
-Outputs: `{"label": str, "confidence": float, "scores": {label: probability}}`.
+  bytes}` (little-endian half floats) or `{"embedding_i8": 384 bytes}` (signed int8), and optionally
+  `"dim": 384` (what the edge agent sends).
+Outputs: `{"label": str, "confidence": float, "scores": {label: probability}, "input": "text" |
+"embedding"}`.
 """
 
 from __future__ import annotations
@@ -482,21 +485,58 @@ class _QuestionRunnerBase(ModelRunner):
         return RunnerInfo(self.task, self.model, "cpu", "float32")
 
 
+EMBEDDING_FIELDS = ("embedding", "embedding_f16", "embedding_i8")
+
+
+def parse_embedding(inputs: Mapping[str, Any], task: str) -> np.ndarray:
+    """The one embedding of a job (float list, f16 bytes or int8 bytes), checked; `dim` may say 384."""
+    given = [f for f in EMBEDDING_FIELDS if f in inputs]
+    if len(given) != 1:
+        raise InvalidInput(f"{task}: send exactly one of {', '.join(EMBEDDING_FIELDS)} (got {len(given)})")
+    if "dim" in inputs and (isinstance(inputs["dim"], bool) or inputs["dim"] != DIM):
+        raise InvalidInput(f"{task}: 'dim' must be {DIM} (all-MiniLM-L6-v2), got {inputs['dim']!r}")
+    name = given[0]
+    value = inputs[name]
+    if name == "embedding":
+        vec = np.asarray(require_vector(value, name, task, DIM), dtype=np.float32)
+    else:
+        dtype, width = ("<f2", 2) if name == "embedding_f16" else ("i1", 1)
+        if not isinstance(value, bytes | bytearray):
+            raise InvalidInput(f"{task}: {name!r} must be bytes, got {type(value).__name__}")
+        if len(value) != DIM * width:
+            raise InvalidInput(f"{task}: {name!r} must be {DIM * width} bytes, got {len(value)}")
+        vec = np.frombuffer(bytes(value), dtype=dtype).astype(np.float32)
+        if not np.all(np.isfinite(vec)):
+            raise InvalidInput(f"{task}: {name!r} holds a value that is not finite")
+    norm = float(np.linalg.norm(vec))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InvalidInput(f"{task}: the embedding is all zeros (or overflows); nothing to classify")
+    return vec
+
+
 class ClassifyRunner(_QuestionRunnerBase):
-    """`classify` / `question-clf`: text → label, confidence, scores."""
+    """`classify` / `question-clf`: text → label, confidence, scores.
+
+    A job that carries an embedding instead of text (what the edge sends for an embedding-only
+    offload: `{"embedding_f16": …, "dim": 384}`) is answered by the embedding head, so one (task,
+    model) serves both forms; `input` in the output says which was used."""
 
     task = "classify"
     model = "question-clf"
-    FIELDS = ("text", "truncate")
+    FIELDS = ("text", "truncate", *EMBEDDING_FIELDS, "dim")
 
     def check(self, inputs: Mapping[str, Any]) -> None:
         self._parse(inputs)
 
-    def _parse(self, inputs: Mapping[str, Any]) -> str:
+    def _parse(self, inputs: Mapping[str, Any]) -> str | np.ndarray:
         enc, _ = self._ready()
         inputs = require_mapping(inputs, self.task)
         reject_unknown(inputs, self.FIELDS, self.task)
+        if "text" not in inputs and any(f in inputs for f in EMBEDDING_FIELDS):
+            return parse_embedding(inputs, self.task)
         text = require_text(inputs, "text", self.task)
+        if any(f in inputs for f in (*EMBEDDING_FIELDS, "dim")):
+            raise InvalidInput(f"{self.task}: send text or an embedding, not both")
         if not optional_bool(inputs, "truncate", self.task):
             n = enc.count_tokens([text])[0]
             if n > enc.max_tokens:
@@ -508,8 +548,19 @@ class ClassifyRunner(_QuestionRunnerBase):
 
     def run_batch(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         enc, models = self._ready()
-        texts = [self._parse(x) for x in inputs]
-        return models.outputs(models.text_probs(texts, enc.encode(texts)))
+        parsed = [self._parse(x) for x in inputs]
+        out: list[dict[str, Any]] = [{} for _ in parsed]
+        text_idx = [i for i, p in enumerate(parsed) if isinstance(p, str)]
+        emb_idx = [i for i, p in enumerate(parsed) if not isinstance(p, str)]
+        if text_idx:
+            texts = [str(parsed[i]) for i in text_idx]
+            for i, row in zip(text_idx, models.outputs(models.text_probs(texts, enc.encode(texts))), strict=True):
+                out[i] = {**row, "input": "text"}
+        if emb_idx:
+            vecs = torch.from_numpy(np.stack([np.asarray(parsed[i]) for i in emb_idx]))
+            for i, row in zip(emb_idx, models.outputs(models.embedding_probs(vecs)), strict=True):
+                out[i] = {**row, "input": "embedding"}
+        return out
 
 
 class EmbeddingClassifyRunner(_QuestionRunnerBase):
@@ -517,7 +568,7 @@ class EmbeddingClassifyRunner(_QuestionRunnerBase):
 
     task = "classify-embedding"
     model = "question-head"
-    FIELDS = ("embedding", "embedding_f16", "embedding_i8")
+    FIELDS = (*EMBEDDING_FIELDS, "dim")
 
     def check(self, inputs: Mapping[str, Any]) -> None:
         self._parse(inputs)
@@ -525,31 +576,12 @@ class EmbeddingClassifyRunner(_QuestionRunnerBase):
     def _parse(self, inputs: Mapping[str, Any]) -> np.ndarray:
         inputs = require_mapping(inputs, self.task)
         reject_unknown(inputs, self.FIELDS, self.task)
-        given = [f for f in self.FIELDS if f in inputs]
-        if len(given) != 1:
-            raise InvalidInput(f"{self.task}: send exactly one of {', '.join(self.FIELDS)} (got {len(given)})")
-        name = given[0]
-        value = inputs[name]
-        if name == "embedding":
-            vec = np.asarray(require_vector(value, name, self.task, DIM), dtype=np.float32)
-        else:
-            dtype, width = ("<f2", 2) if name == "embedding_f16" else ("i1", 1)
-            if not isinstance(value, bytes | bytearray):
-                raise InvalidInput(f"{self.task}: {name!r} must be bytes, got {type(value).__name__}")
-            if len(value) != DIM * width:
-                raise InvalidInput(f"{self.task}: {name!r} must be {DIM * width} bytes, got {len(value)}")
-            vec = np.frombuffer(bytes(value), dtype=dtype).astype(np.float32)
-            if not np.all(np.isfinite(vec)):
-                raise InvalidInput(f"{self.task}: {name!r} holds a value that is not finite")
-        norm = float(np.linalg.norm(vec))
-        if not math.isfinite(norm) or norm == 0.0:
-            raise InvalidInput(f"{self.task}: the embedding is all zeros (or overflows); nothing to classify")
-        return vec
+        return parse_embedding(inputs, self.task)
 
     def run_batch(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         _, models = self._ready()
         vecs = np.stack([self._parse(x) for x in inputs])
-        return models.outputs(models.embedding_probs(torch.from_numpy(vecs)))
+        return [{**row, "input": "embedding"} for row in models.outputs(models.embedding_probs(torch.from_numpy(vecs)))]
 
 
 __all__ = [
@@ -559,6 +591,7 @@ __all__ = [
     "QuestionSplit",
     "latin_share",
     "models_dir",
+    "parse_embedding",
     "per_language_accuracy",
     "question_models",
     "questions_dir",

@@ -84,6 +84,7 @@ class FeedbackRunner(ModelRunner):
         self._tokenizer: Any = None
         self._model: Any = None
         self._lock = threading.Lock()
+        self._tok_lock = threading.Lock()  # check() and run_batch() run on different threads
 
     def load(self) -> None:
         with self._lock:
@@ -122,7 +123,8 @@ class FeedbackRunner(ModelRunner):
 
     def prompt(self, inputs: Mapping[str, Any]) -> str:
         tok, _ = self._ready()
-        text: str = tok.apply_chat_template(build_messages(inputs), tokenize=False, add_generation_prompt=True)
+        with self._tok_lock:
+            text: str = tok.apply_chat_template(build_messages(inputs), tokenize=False, add_generation_prompt=True)
         return text
 
     def _parse(self, inputs: Mapping[str, Any]) -> tuple[str, int]:
@@ -138,7 +140,8 @@ class FeedbackRunner(ModelRunner):
             raise InvalidInput(f"{self.task}: 'score' must be a number, got {type(score).__name__}")
         n_new = optional_int(inputs, "max_new_tokens", self.task, self.default_max_new_tokens, 1, MAX_NEW_TOKENS)
         prompt = self.prompt(inputs)
-        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        with self._tok_lock:
+            n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
         if n_prompt > MAX_PROMPT_TOKENS:
             raise InvalidInput(
                 f"{self.task}: the prompt is {n_prompt} tokens, over the limit of {MAX_PROMPT_TOKENS}; "
@@ -154,7 +157,9 @@ class FeedbackRunner(ModelRunner):
         """Greedy generation for a left-padded batch; the new token ids per prompt, up to EOS."""
         tok, model = self._ready()
         assert self.choice is not None
-        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.choice.device)
+        with self._tok_lock:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.choice.device)
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, num_beams=1
         )

@@ -63,6 +63,9 @@ class MiniLMEncoder:
         self.max_tokens = DEFAULT_MAX_TOKENS
         self.load_s = 0.0
         self._lock = threading.Lock()
+        # check() runs on the worker's loop thread while batches run on batcher threads: a Rust tokenizer
+        # whose truncation/padding settings change per call must not be entered by two threads at once.
+        self._tok_lock = threading.Lock()
         self._tokenizer: Any = None
         self._model: Any = None
 
@@ -94,7 +97,8 @@ class MiniLMEncoder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text including [CLS] and [SEP] (what counts against the 256 context)."""
         tok, _ = self._require()
-        enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+        with self._tok_lock:
+            enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
     @torch.no_grad()
@@ -110,13 +114,15 @@ class MiniLMEncoder:
         out = torch.empty((len(texts), DIM), dtype=torch.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tok(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            ).to(self.choice.device)
+            with self._tok_lock:
+                enc = tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                )
+            enc = enc.to(self.choice.device)
             hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(torch.float32)
             summed = (hidden.to(torch.float32) * mask).sum(dim=1)
