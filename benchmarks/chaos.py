@@ -58,6 +58,7 @@ from benchmarks.report import machine, write_result
 from broker import keys
 from broker.client import Client
 from broker.connection import connect
+from broker.dead_letter import DeadLetters
 from broker.embedded import EmbeddedRedis
 from broker.envelope import Envelope
 from broker.errors import RedisUnavailable
@@ -82,6 +83,7 @@ def _figures(
     wrong = check_outputs(results, prefix)
     _, notified_twice = reply_duplicates(r, zone, PRODUCER)
     ex = exec_summary(exec_dir, ids)
+    dead = [x.reason for x in DeadLetters(r, zone).list(count=10_000)]
     return {
         "submitted": submitted,
         "results": len(results),
@@ -90,6 +92,7 @@ def _figures(
         "re_executions": ex.re_executions,
         "jobs_run_more_than_once": ex.jobs_run_more_than_once,
         "executions": ex.executions,
+        "dead_lettered": dict(Counter(dead)),  # e.g. `replayed`: a resubmitted copy of a job already done
     }
 
 

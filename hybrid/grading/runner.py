@@ -424,7 +424,7 @@ class GradeRun:
             for eid, fields in resp:
                 self._dlq_cursor = eid.decode()
                 job_id = fields.get(b"job_id", b"").decode()
-                if job_id in flights:
+                if job_id in flights and fields.get(b"reason") != b"replayed":  # replayed: a copy; the job has a result
                     out[job_id] = f"{fields.get(b'reason', b'').decode()}: {fields.get(b'detail', b'').decode()}"
             if len(resp) < 500:
                 return out
