@@ -392,6 +392,16 @@ def test_feedback_left_padding_gives_the_same_output_alone_and_in_a_batch(feedba
     assert feedback._tokenizer.padding_side == "left"
 
 
+def test_feedback_takes_a_question_id_of_the_grading_bank(feedback: FeedbackRunner) -> None:
+    """`hybrid grade run` sends {"question_id", "answer"} to both grade and feedback."""
+    prompt = feedback.prompt({"answer": "It rains.", "question": "Describe the water cycle."})
+    assert "Question: Describe the water cycle." in prompt and "Student answer: It rains." in prompt
+    out = feedback.run_batch([{"question_id": "en-water-cycle", "answer": "It rains.", "max_new_tokens": 4}])[0]
+    assert 0 < out["tokens"] <= 4
+    with pytest.raises(InvalidInput, match="unknown question_id 'nope'"):
+        feedback.check({"question_id": "nope", "answer": "x"})
+
+
 def test_feedback_bad_inputs(feedback: FeedbackRunner) -> None:
     with pytest.raises(InvalidInput, match="max_new_tokens"):
         feedback.check({"answer": "x", "max_new_tokens": 0})

@@ -11,7 +11,10 @@ attention mask, a prompt gives the same tokens alone or next to a longer one), `
 per batch = the largest asked for in it (each job's output is cut to its own limit).
 
 Inputs: `{"answer": str, "question": str = "", "reference": str = "", "score": number = none,
-"max_new_tokens": int 1..256 = 48}`. A prompt over 1,024 prompt tokens is an `InvalidInput`.
+"max_new_tokens": int 1..256 = 48, "question_id": str = none}`. A `question_id` of the grading bank
+(`data/grading/questions.json`, as for `grade`; what `hybrid grade run` sends) fills in the question
+and its first reference answer unless they are given; an unknown one is an `InvalidInput`.
+A prompt over 1,024 prompt tokens is an `InvalidInput`.
 Outputs: `{"feedback": str, "tokens": n}` (n = new tokens generated for this job).
 """
 
@@ -66,7 +69,7 @@ def build_messages(inputs: Mapping[str, Any]) -> list[dict[str, str]]:
 class FeedbackRunner(ModelRunner):
     task = "feedback"
     model = "smollm2-135m-instruct"
-    FIELDS = ("answer", "question", "reference", "score", "max_new_tokens")
+    FIELDS = ("answer", "question", "reference", "score", "max_new_tokens", "question_id")
 
     def __init__(
         self,
@@ -74,7 +77,10 @@ class FeedbackRunner(ModelRunner):
         choice: DeviceChoice | None = None,
         verifier: Verifier | None = None,
         default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        grading_dir: Path | None = None,
     ) -> None:
+        self._grading_dir = grading_dir
+        self.bank: dict[str, Any] = {}
         self._path = path
         self._choice = choice
         self._verifier = verifier
@@ -109,7 +115,17 @@ class FeedbackRunner(ModelRunner):
             model.to(choice.device).eval()  # type: ignore[arg-type]
             model.generation_config.pad_token_id = tok.pad_token_id
             self._tokenizer, self._model, self.choice = tok, model, choice
+            self.bank = self._load_bank()
             self.load_s = time.perf_counter() - t0
+
+    def _load_bank(self) -> dict[str, Any]:
+        from gpu_worker.runners.grade import grading_dir, load_bank
+
+        path = grading_dir(self._grading_dir) / "questions.json"
+        try:
+            return dict(load_bank(path))
+        except ConfigError:
+            return {}  # no bank: jobs naming a question_id get an InvalidInput
 
     def info(self) -> RunnerInfo:
         c = self.choice or self._choice or choose_device()
@@ -139,6 +155,12 @@ class FeedbackRunner(ModelRunner):
         if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
             raise InvalidInput(f"{self.task}: 'score' must be a number, got {type(score).__name__}")
         n_new = optional_int(inputs, "max_new_tokens", self.task, self.default_max_new_tokens, 1, MAX_NEW_TOKENS)
+        if "question_id" in inputs:
+            qid = inputs["question_id"]
+            if not isinstance(qid, str) or qid not in self.bank:
+                raise InvalidInput(f"{self.task}: unknown question_id {qid!r}")
+            q = self.bank[qid]
+            inputs = {"question": q.prompt, "reference": q.references[0] if q.references else "", **inputs}
         prompt = self.prompt(inputs)
         with self._tok_lock:
             n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
