@@ -38,7 +38,7 @@ from prometheus_client import Counter as PromCounter
 
 from broker import keys
 from broker.consumer import Consumer, Delivery, Outcome
-from broker.errors import DeadlinePassed, HybridError
+from broker.errors import DeadlinePassed, HybridError, RedisUnavailable
 from broker.ledger import Ledger
 from broker.message import now_ms
 from gpu_worker.batcher import BatcherClosed, BatchPolicy, DynamicBatcher
@@ -103,6 +103,7 @@ class Worker:
         ledger: Ledger | None = None,
         registry: CollectorRegistry | None = None,
         heartbeat_s: float = 5.0,
+        redis_outage_s: float = 30.0,
     ) -> None:
         self.consumer = consumer
         self.zone = consumer.zone
@@ -121,6 +122,8 @@ class Worker:
         self.policies = dict(policies or {})
         self.ledger = ledger
         self.heartbeat_s = heartbeat_s
+        self.redis_outage_s = redis_outage_s  # ride out a Redis restart this long before exiting
+        self._down_since: float | None = None
         self.stats = WorkerStats()
         self.ready = threading.Event()
         self.draining = threading.Event()
@@ -193,7 +196,13 @@ class Worker:
                     self._keep_alive()
                     continue
                 block = 0 if burst else None
-                deliveries = self.consumer.fetch(count=min(room, self.consumer.count), block_ms=block)
+                try:
+                    deliveries = self.consumer.fetch(count=min(room, self.consumer.count), block_ms=block)
+                except RedisUnavailable as exc:
+                    if not self._ride_out(exc, stop):
+                        raise
+                    continue
+                self._down_since = None
                 if not deliveries:
                     self._heartbeat()
                     self._keep_alive()
@@ -206,6 +215,19 @@ class Worker:
         finally:
             self.drain(grace_s)
         return self.stats
+
+    def _ride_out(self, exc: RedisUnavailable, stop: threading.Event) -> bool:
+        """Redis went away (a restart, a failover): wait and read again for up to `redis_outage_s`; False
+        once that is spent (the caller exits, and a supervisor or Kubernetes restarts the worker). Jobs whose
+        results could not be stored meanwhile stay pending and are reclaimed after min-idle."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("Redis unavailable, retrying for up to %.0f s: %s", self.redis_outage_s, exc)
+        if now - self._down_since > self.redis_outage_s:
+            return False
+        stop.wait(0.5)
+        return True
 
     def _wait_for_room(self, stop: threading.Event) -> int:
         with self._cond:
