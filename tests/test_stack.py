@@ -110,7 +110,7 @@ def test_pilot_quick_writes_json_with_every_key_report_and_plots(stack_dir: Path
 
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        return list(psutil.Process(pid).children(recursive=True))
     except psutil.NoSuchProcess:
         return []
 

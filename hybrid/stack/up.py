@@ -13,13 +13,12 @@ port each) → N edge agents (`hybrid.stack.edge_main`: the edge agent and its H
 Stop (Ctrl-C, SIGTERM, or `Stack.stop()`): the pools drain their workers (SIGTERM: finish and
 acknowledge what they hold), then the edge agents, the API and the exporter get SIGTERM (SIGKILL to
 their process group after a grace period), Redis last. Every child runs in its own session (process
-group) and gets SIGTERM from the kernel if `hybrid up` itself dies (PR_SET_PDEATHSIG).
+group) and exits by itself if `hybrid up` dies (`hybrid.stack.child` watches its parent).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -86,11 +85,6 @@ def _repo_file(*parts: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -122,9 +116,8 @@ def check_data_dir(path: Path) -> None:
 
 
 def _cli_argv(module: str, obj: str, *args: str) -> list[str]:
-    """Run a click command object of ours in a fresh interpreter (whether or not the CLI registers it)."""
-    code = f"import sys; from {module} import {obj} as c; c.main(sys.argv[1:], prog_name='hybrid')"
-    return [sys.executable, "-c", code, *args]
+    """Run a command object of ours in a fresh interpreter that exits when `hybrid up` is gone."""
+    return [sys.executable, "-m", "hybrid.stack.child", module, obj, *args]
 
 
 class Stack:
@@ -146,6 +139,15 @@ class Stack:
         self._pool_stop = threading.Event()
         self._stopped = False
         self.models_built = False
+        self._reserved: set[int] = set()
+
+    def _free_port(self) -> int:
+        """A free port not handed out before by this stack (the kernel may offer a just-closed one again)."""
+        while True:
+            port = free_port(self.config.host)
+            if port not in self._reserved:
+                self._reserved.add(port)
+                return port
 
     # -- paths ---------------------------------------------------------------------------------------
 
@@ -215,9 +217,10 @@ class Stack:
 
     def _plan_ports(self) -> dict[str, Any]:
         c = self.config
-        edges = [free_port(c.host) if c.edge_port == 0 else c.edge_port + i for i in range(c.edges)]
-        api = free_port(c.host) if c.api_port == 0 else c.api_port
-        status = free_port(c.host) if c.status_port == 0 else c.status_port
+        edges = [self._free_port() if c.edge_port == 0 else c.edge_port + i for i in range(c.edges)]
+        api = self._free_port() if c.api_port == 0 else c.api_port
+        status = self._free_port() if c.status_port == 0 else c.status_port
+        self._reserved.update([*edges, api, status])
         for i, p in enumerate(edges):
             check_port(c.host, p, f"edge agent {i + 1}")
         check_port(c.host, api, "jobs API")
@@ -321,7 +324,6 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 env=self.env(),
                 start_new_session=True,
-                preexec_fn=_pdeathsig,
             )
         finally:
             log.close()
@@ -341,12 +343,14 @@ class Stack:
         breaker = CostBreaker(Ledger(client, zone))
 
         def command(name: str) -> list[str]:
-            port = self.worker_ports.get(name) or free_port()
+            port = self.worker_ports.get(name) or self._free_port()
             self.worker_ports[name] = port
             return [
                 sys.executable,
                 "-m",
+                "hybrid.stack.child",
                 "hybrid.stack.cloud_worker",
+                "main",
                 "--redis-url",
                 str(self.redis_url),
                 "--zone",
@@ -401,7 +405,9 @@ class Stack:
         argv = [
             sys.executable,
             "-m",
+            "hybrid.stack.child",
             "hybrid.stack.edge_main",
+            "main",
             "--redis-url",
             str(self.redis_url),
             "--zone",
