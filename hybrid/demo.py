@@ -29,6 +29,7 @@ from broker.client import Client, sealer_from_settings
 from broker.connection import connect
 from broker.dead_letter import DeadLetters
 from broker.embedded import EmbeddedRedis
+from broker.errors import HybridError
 from broker.keyring import LocalKeyring
 from broker.message import JobSpec
 from broker.queues import queue_depth
@@ -55,7 +56,7 @@ def _specs(n: int, seed: int) -> list[JobSpec]:
             JobSpec(
                 task="text_stats",
                 inputs={"text": text},
-                model="demo",
+                model="default",
                 tenant="elearn-bd",
                 lane="batch" if essay else "interactive",
                 sensitivity="personal",
@@ -142,15 +143,26 @@ def _run(
     console.print(f"[bold]Hybrid AI Stack demo[/] — zone [cyan]{zone}[/], {where}")
 
     client = Client(connect(url), sealer_from_settings(settings), zone)
-    env = {**os.environ, "HYB_REDIS_URL": url, "HYB_ZONE": zone, "HYB_KEYRING": str(keyring)}
+    env = {
+        **os.environ,
+        "HYB_REDIS_URL": url,
+        "HYB_ZONE": zone,
+        "HYB_KEYRING": str(keyring),
+        "HYB_LOG_LEVEL": "WARNING",
+    }
     worker = subprocess.Popen(
         [sys.executable, "-m", "hybrid", "worker", "run", "--name", "demo-worker-1", "--min-idle-ms", "5000"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        ready = worker.stderr.readline() if worker.stderr else ""
-        if "consuming" not in ready:
-            raise RuntimeError(f"the worker did not start: {ready.strip() or 'no output'}")
+        ready = ""
+        while worker.stderr is not None:  # the worker says "worker <name> ready in zone …" once it consumes
+            line = worker.stderr.readline()
+            if not line or "ready in zone" in line or "consuming" in line:
+                ready = line
+                break
+        if not ready:
+            raise HybridError("the worker did not start (no 'ready' line on its stderr)")
         specs = _specs(n_jobs, seed)
         submitted_at: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -67,6 +67,12 @@ def test_demo_quick_runs_end_to_end_and_its_json_checks_out(stack_dir: Path, tmp
     assert "demo passed" in proc.stdout
 
 
+def test_demo_broker_only_still_runs_the_sealed_round_trip() -> None:
+    proc = _run(["demo", "--broker-only", "--jobs", "40"], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "demo passed" in proc.stdout and "40 results" in proc.stdout + proc.stderr
+
+
 PILOT_KEYS = (
     "cost_saving",
     "accuracy_hybrid",
