@@ -411,3 +411,43 @@ def test_feedback_bad_inputs(feedback: FeedbackRunner) -> None:
         feedback.check({"answer": "word " * 1200})
     with pytest.raises(InvalidInput, match="'score' must be a number"):
         feedback.check({"answer": "x", "score": "high"})
+
+
+# ---------------------------------------------------------------- through the worker
+
+
+def test_model_runners_through_the_worker_on_real_redis(
+    r: Any, sealer: Any, zone: str, embed: EmbedRunner, classify: ClassifyRunner, grade: GradeRunner
+) -> None:
+    """Sealed jobs → Worker (batcher, check, run_batch) → sealed results: outputs survive the codec."""
+    from broker.client import Client
+    from broker.consumer import Consumer
+    from gpu_worker.worker import Worker
+
+    client = Client(r, sealer, zone)
+    vec = np.array(embed.run_batch([{"text": "exam routine"}])[0]["embedding"], dtype=np.float32)
+    mini, clf, rub = "all-minilm-l6-v2", "question-clf", "rubric-minilm"
+    f16 = vec.astype("<f2").tobytes()
+    jobs = {
+        "embed": client.submit("embed", {"text": "Why is the sky blue?"}, model=mini),
+        "embed_f16": client.submit("embed", {"text": "Why is the sky blue?", "encoding": "f16"}, model=mini),
+        "bn": client.submit("classify", {"text": "পরীক্ষার রুটিন কবে দেবে?"}, model=clf),
+        "emb": client.submit("classify", {"embedding_f16": f16, "dim": 384}, model=clf),
+        "grade": client.submit("grade", {"question_id": "en-fractions", "answer": "LCM: 3/6 + 2/6 = 5/6."}, model=rub),
+        "too_long": client.submit("embed", {"text": "word " * 400}, model=mini),
+        "bad_q": client.submit("grade", {"question_id": "nope", "answer": "x"}, model=rub),
+    }
+    consumer = Consumer(r, sealer, zone, "w-models", count=32, block_ms=50, min_idle_ms=60_000)
+    Worker(consumer, [embed, classify, grade]).run(burst=True)
+    res = client.wait_all(list(jobs.values()), timeout=30)
+    out = {k: res[j] for k, j in jobs.items()}
+    assert all(out[k].status == "ok" for k in ("embed", "embed_f16", "bn", "emb", "grade")), out
+    assert len(out["embed"].output["embedding"]) == DIM
+    assert (
+        np.max(np.abs(decode_f16(out["embed_f16"].output["embedding_f16"]) - out["embed"].output["embedding"])) < 1e-3
+    )
+    assert out["bn"].output["label"] == "exam_logistics"
+    assert out["emb"].output["input"] == "embedding"
+    assert out["grade"].output["score"] >= 3
+    assert out["too_long"].status != "ok" and "over the model's context" in (out["too_long"].error or "")
+    assert out["bad_q"].status != "ok" and "unknown question_id" in (out["bad_q"].error or "")
