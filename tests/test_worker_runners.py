@@ -235,6 +235,14 @@ def test_classify_output_shape_and_cached_heads_give_the_same_answers(classify: 
     assert again.models is not None and again.models is not classify.models
     assert again.run_batch(inputs) == first
 
+    # Without the dataset (an installed worker), the cached heads are used; with neither, a clear error.
+    clf._models.clear()
+    installed = ClassifyRunner(cache_dir=cache.parent.parent, data_dir=cache.parent / "no-data")
+    installed.load()
+    assert installed.run_batch(inputs) == first
+    with pytest.raises(ConfigError, match="set HYB_QUESTIONS_DIR"):
+        ClassifyRunner(cache_dir=cache.parent / "empty", data_dir=cache.parent / "no-data").load()
+
 
 def test_classify_embedding_head_takes_float_int8_and_f16(
     runners: dict[tuple[str, str], ModelRunner], embed: EmbedRunner

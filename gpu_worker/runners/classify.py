@@ -421,9 +421,19 @@ def question_models(
     ddir = questions_dir(data_dir)
     train_path = ddir / "train.jsonl"
     if not train_path.exists():
-        raise ConfigError(
-            f"no question dataset at {ddir} (train.jsonl); set HYB_QUESTIONS_DIR to the directory that holds it"
-        )
+        # An installed worker without the repository's data: the newest cached heads, if any.
+        cached = sorted((models_dir(cache_dir) / "question-clf").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+        if not cached:
+            raise ConfigError(
+                f"no question dataset at {ddir} (train.jsonl) and no trained heads in "
+                f"{models_dir(cache_dir) / 'question-clf'}; set HYB_QUESTIONS_DIR to the directory that holds it"
+            )
+        with _models_lock:
+            key = str(cached[-1])
+            if key not in _models:
+                _models[key] = QuestionModels.load(cached[-1])
+                _models[key].metrics["cache"] = key
+            return _models[key]
     digest = dataset_digest(ddir)
     cache = models_dir(cache_dir) / "question-clf" / f"{digest[:24]}.pt"
     with _models_lock:
