@@ -9,8 +9,9 @@ The rule (one function, `Autoscaler.decide`, used by the local supervisor; the K
     replicas = max(replicas, 1)                   while any backlog exists: never to zero with work left
 
 Scaling up happens at once; scaling down only after the lower figure held for `scale_down_delay_s`
-(no flapping when a burst ends) — except down to what the budget affords, which happens at once. `rate_per_worker` is measured from the workers' heartbeats (jobs
-completed per busy second); before any worker has reported, `assumed_rate_per_worker` stands in.
+(no flapping when a burst ends) — except down to what the budget affords, which happens at once.
+`rate_per_worker` is measured from the workers' heartbeats (jobs completed per busy second); before
+any worker has reported, `assumed_rate_per_worker` stands in.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ class DynamicBatcher(Generic[T, R]):
     `clock` is what deadlines are measured on (e.g. `time.time` for epoch-second deadlines); queue delays
     always use `time.monotonic`. With `registry`, Prometheus histograms `hybrid_worker_batch_size`,
     `hybrid_worker_queue_wait_seconds` and `hybrid_worker_batch_seconds` are registered on it; with `labels`
-too (e.g. task, model), every batcher on the registry shares one labelled family of each.
+    too (e.g. task, model), every batcher on the registry shares one labelled family of each.
     """
 
     def __init__(
