@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench bench-quick clean
+.PHONY: install sysdeps demo test lint typecheck unit bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+# promtool, Chromium + ChromeDriver, Redis 7 (TLS, ACL selectors) and SoftHSM2, with apt, when missing.
+sysdeps:
+	bash scripts/system-deps.sh
+
+unit: install sysdeps
 	$(BIN)/pytest
 
 test: lint typecheck unit
