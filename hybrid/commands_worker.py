@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import click
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from broker.client import sealer_from_settings
 from broker.consumer import Consumer
@@ -184,6 +184,11 @@ def worker_run(
 @click.option("--scale-down-delay", type=click.FloatRange(0), default=60.0, show_default=True)
 @click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds between steps.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="One log file per worker here.")
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), envvar="HYB_POOL_METRICS_PORT", default=None,
+    help="Serve the autoscaler's /metrics (desired and running workers, restarts) [env HYB_POOL_METRICS_PORT].",
+)  # fmt: skip
+@click.option("--metrics-host", envvar="HYB_POOL_METRICS_HOST", default="127.0.0.1", show_default=True)
 @click.option("--usd-per-worker-hour", type=click.FloatRange(0), default=None,
               help="Cost of a worker-hour; with a global budget, caps the pool to what it affords.")  # fmt: skip
 @friendly_errors
@@ -191,7 +196,8 @@ def worker_pool(
     redis_url: str | None, zone: str | None, keyring: str | None, tasks: str, models_dir: str | None,
     count: int | None, min_idle_ms: int | None, max_in_flight: int, grace_s: float, prices: str | None,
     instance_class: str, market: str, min_replicas: int, max_replicas: int, target_latency: float,
-    scale_down_delay: float, interval: float, log_dir: str | None, usd_per_worker_hour: float | None,
+    scale_down_delay: float, interval: float, log_dir: str | None, metrics_port: int | None, metrics_host: str,
+    usd_per_worker_hour: float | None,
 ) -> None:  # fmt: skip
     """Start and stop `hybrid worker run` processes on this machine as the zone's backlog needs.
 
@@ -233,8 +239,20 @@ def worker_pool(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     last: list[int] = [-1]
+    registry = CollectorRegistry()
+    desired = Gauge("hybrid_autoscaler_desired_replicas", "Workers the autoscaler wants", ["zone"], registry=registry)
+    wanted = Gauge("hybrid_autoscaler_wanted_replicas", "Before the scale-down delay", ["zone"], registry=registry)
+    running = Gauge("hybrid_autoscaler_running_replicas", "Worker processes running", ["zone"], registry=registry)
+    restarts = Gauge("hybrid_autoscaler_restarts", "Workers restarted after dying on their own", ["zone"],
+                     registry=registry)  # fmt: skip
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
 
     def on_step(decision: Any) -> None:
+        desired.labels(settings.zone).set(decision.replicas)
+        wanted.labels(settings.zone).set(decision.wanted)
+        running.labels(settings.zone).set(len(sup.running))
+        restarts.labels(settings.zone).set(sup.stats.restarted)
         if decision.replicas != last[0]:
             click.echo(f"{time.strftime('%H:%M:%S')} workers: {decision.replicas} — {decision.reason}", err=True)
             last[0] = decision.replicas

@@ -131,3 +131,47 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_pool_command_scales_reports_and_drains_on_ctrl_c(
+    redis_server: EmbeddedRedis, r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str, tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Client(r, sealer, zone).submit_many(JobSpec(task="sleep", inputs={"ms": 5}, lane="batch") for _ in range(400))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybrid", "worker", "pool", "--redis-url", redis_server.url, "--zone", zone,
+         "--keyring", str(keyring_path), "--tasks", "builtin", "--min", "1", "--max", "3", "--target-latency", "1",
+         "--interval", "0.3", "--scale-down-delay", "0", "--metrics-port", str(port), "--log-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HYB_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+
+    def metric(name: str) -> float | None:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(f'{name}{{zone="{zone}"}}'):
+                return float(line.split()[-1])
+        return None
+
+    try:
+        # 400 jobs at an assumed 8/s per worker and a 1 s target: the pool goes to its max of 3 ...
+        _wait(lambda: metric("hybrid_autoscaler_desired_replicas") == 3, 60, "the pool to want 3 workers")
+        _wait(lambda: metric("hybrid_autoscaler_running_replicas") == 3, 30, "3 running workers")
+        # ... and once the backlog is gone, back to its min of 1 (no scale-down delay here).
+        _wait(lambda: r.xlen(keys.jobs_stream(zone, "batch")) == 0, 90, "the backlog to drain")
+        _wait(lambda: metric("hybrid_autoscaler_desired_replicas") == 1, 30, "the pool to scale down")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "0 killed" in err  # every worker drained within its grace period
+    assert r.hlen(keys.worker_heartbeats(zone)) == 0  # and took its heartbeat with it
