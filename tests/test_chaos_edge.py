@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from benchmarks.chaos import fault_edge_cut
 from benchmarks.chaos_lib import TcpProxy
@@ -39,7 +41,7 @@ def test_edge_cut_off_holds_falls_back_and_delivers_in_order(
 def test_tcp_proxy_cuts_and_restores(redis_server: EmbeddedRedis) -> None:
     proxy = TcpProxy("127.0.0.1", redis_server.port).start()
     try:
-        client = redis.Redis(port=proxy.port, socket_connect_timeout=1, socket_timeout=2)
+        client = redis.Redis(port=proxy.port, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))
         assert client.ping()
         proxy.cut()
         with pytest.raises(redis.ConnectionError):
