@@ -20,6 +20,8 @@ NOPERM everywhere else — and each outcome is compared with the expected one.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -178,6 +180,82 @@ def pii_scan(work: Path, models: Any) -> dict[str, Any]:
         server.cleanup()
 
 
+def _demo_items(quick: bool = True) -> list[Any]:
+    """The items of `hybrid demo`'s trace (the same counts and seeds as `hybrid.stack.demo_run`)."""
+    from hybrid.stack.workload import essays, questions
+
+    n_q, n_e, n_drill = (60, 8, 8) if quick else (400, 40, 20)
+    return (questions(n_q, seed=7, pii_share=0.35) + essays(n_e, seed=11)
+            + questions(n_drill, seed=98, pii_share=0.5) + questions(n_drill, seed=99, pii_share=0.5))  # fmt: skip
+
+
+def demo_pii_values(quick: bool = True) -> list[str]:
+    """Every PII value `hybrid demo` puts into its trace."""
+    from hybrid.stack.workload import all_pii_values
+
+    return all_pii_values(_demo_items(quick))
+
+
+def pii_scan_after_demo(work: Path, timeout_s: float = 900.0) -> dict[str, Any]:
+    """Run `hybrid demo --quick` (embedded Redis with its outage drill), then load the Redis it left (its
+    AOF, same binary) and search every key and value, the exporter's output and every log of the stack
+    (workers, edges, API) for every PII value of the demo's trace, in every spelling."""
+
+    data = work / "demo-data"
+    started = time.monotonic()
+    # the demo signs and verifies its own models: not with a key this process may have been told to trust
+    env = {k: v for k, v in os.environ.items() if k not in ("HYB_MODEL_SIGNING_KEY", "HYB_MODEL_VERIFY_KEY")}
+    proc = subprocess.run([sys.executable, "-m", "hybrid", "demo", "--quick", "--data-dir", str(data), "--json",
+                           str(work / "demo.json")], capture_output=True, text=True, timeout=timeout_s,
+                          env=env)  # fmt: skip
+    demo_s = time.monotonic() - started
+    if proc.returncode not in (0, 1):
+        return {"skipped": f"hybrid demo failed (exit {proc.returncode}): {proc.stderr[-500:]}"}
+    out = scan_stack_data(data, [("demo stdout/stderr", (proc.stdout + proc.stderr).encode())])
+    report = {}
+    with contextlib.suppress(OSError, ValueError):
+        report = json.loads((work / "demo.json").read_text())
+    keys_ = ("pii_values_in_trace", "pii_values_tokenized", "pii_values_left_devices", "pii_redis_scan_hits")
+    checks = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith(("✓", "✗"))]
+    return {"demo_exit": proc.returncode, "demo_s": round(demo_s, 1), "demo_checks": checks, **out,
+            "demo_report_pii": {k: report.get(k) for k in keys_}}  # fmt: skip
+
+
+def scan_stack_data(data: Path, extra: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Search what a `hybrid up`/`demo` data dir holds: its Redis (reloaded from the AOF), the exporter's
+    output over it, every log file — and `extra` blobs — for every PII value of the demo's trace."""
+    from broker.metrics import QueueMetrics
+    from hybrid.exporter import Monitor, respond
+
+    values = spellings(demo_pii_values(quick=True))
+    server = EmbeddedRedis(data / "redis", appendonly=True).start()  # reloads the demo's AOF
+    try:
+        r = connect(server.url)
+        blobs = dump_redis(r)
+        zones = sorted({k.split("{", 1)[1].split("}", 1)[0] for k, _ in blobs if "{" in k})
+        monitor = Monitor(QueueMetrics(server.url, zones or ["in-wb"]), interval_s=1.0, history_s=10.0)
+        exporter = [respond(monitor, "/metrics")[2], respond(monitor, "/api/status")[2]]
+    finally:
+        server.stop()
+    logs = [(str(p.relative_to(data)), p.read_bytes()) for p in sorted(data.rglob("*.log")) if p.is_file()]
+    sources = {"redis": blobs, "exporter": [("exporter", b) for b in exporter], "stack_logs": logs,
+               "demo_output": extra}  # fmt: skip
+    found = {name: find(values, items) for name, items in sources.items()}
+    return {
+        "pii_values": len(demo_pii_values(True)),
+        "spellings_searched": len(values),
+        "redis_keys": len({k for k, _ in blobs}),
+        "redis_values_scanned": len(blobs),
+        "log_files": len(logs),
+        "found": {name: len(hits) for name, hits in found.items()},
+        "found_where": {name: hits[:10] for name, hits in found.items() if hits},
+        # the check works: the same search over the trace's own texts finds every value
+        "control_values_found_in_trace_texts": sum(
+            1 for v in demo_pii_values() if find(spellings([v]), [(it.id, it.text.encode()) for it in _demo_items()])
+        ),
+    }
+
+
 # -- the ACL matrix -----------------------------------------------------------------------------------------
 
 ACL_ZONE, ACL_OTHER = "eu-west", "us-east"
@@ -313,13 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--models-dir", type=Path, default=None, help="built edge models (default: installed, else built)")
+    ap.add_argument("--no-demo", dest="demo", action="store_false", help="skip the scan after `hybrid demo --quick`")
     args = ap.parse_args(argv)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hyb-security-") as tmp:
         work = Path(tmp)
         pii = pii_scan(work / "pii", _edge_models(work, args.models_dir))
+        demo: dict[str, Any] = pii_scan_after_demo(work / "demo") if args.demo else {"skipped": "--no-demo"}
         acl = acl_matrix(work / "acl")
-    result = {"benchmark": "security", "config": machine(), "pii_scan": pii, "acl_matrix": acl,
+    result = {"benchmark": "security", "config": machine(), "pii_scan": pii, "pii_scan_after_demo": demo,
+              "acl_matrix": acl,
               "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     write_result(args.out, result)
     total = sum(pii["found"].values())
@@ -327,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({pii['redis_keys']} keys), exporter, edge metrics and worker log; "
           f"{pii['spellings_searched']} spellings of {pii['pii_values']} values searched "
           f"(control: {pii['control_hits_in_plain_texts']} found in the plain texts)")  # fmt: skip
+    if "skipped" not in demo:
+        print(f"after hybrid demo --quick: {sum(demo['found'].values())} PII values found in "
+              f"{demo['redis_values_scanned']} Redis values, the exporter and {demo['log_files']} log files "
+              f"({demo['spellings_searched']} spellings of {demo['pii_values']} values)")  # fmt: skip
+        total += sum(demo["found"].values())
     if "skipped" not in acl:
         shape = f"{acl['users']} users x {acl['commands']} commands"
         print(f"ACL matrix: {acl['denials']} denials out of {acl['attempts']} attempts ({shape}), "
@@ -341,4 +427,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["acl_matrix", "dump_redis", "find", "main", "pii_scan", "spellings"]
+__all__ = [
+    "acl_matrix",
+    "demo_pii_values",
+    "dump_redis",
+    "find",
+    "main",
+    "pii_scan",
+    "pii_scan_after_demo",
+    "spellings",
+]
