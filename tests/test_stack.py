@@ -60,6 +60,10 @@ def test_demo_quick_runs_end_to_end_and_its_json_checks_out(stack_dir: Path, tmp
     assert d["pii_values_tokenized"] > 0  # PII was there and was tokenized, not just absent
     assert d["dlq_new"] == 0
     assert d["essays_graded"] == d["essays"] > 0 and d["essay_sample"]["feedback"]
+    # essays went through the grading driver to the real grade + feedback runners (no stand-in)
+    assert d["essay_sample"]["question_id"] and 0 <= d["essay_sample"]["score"] <= d["essay_sample"]["max_score"]
+    assert {"grade", "feedback"} <= set(d["batch_sizes"]), d["batch_sizes"]
+    assert sum(z["ok"] for z in d["essay_grading"]["by_zone"].values()) == d["essays"]
     assert d["batch_sizes"]["question-classification"]["batches"] > 0
     assert d["bytes_left_devices"] > 0 and d["cost_usd"]["total_usd"] > 0
     assert d["where_to_look"]["status_page"].startswith("http://127.0.0.1:")
@@ -71,6 +75,32 @@ def test_demo_broker_only_still_runs_the_sealed_round_trip() -> None:
     proc = _run(["demo", "--broker-only", "--jobs", "40"], timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "demo passed" in proc.stdout and "40 results" in proc.stdout + proc.stderr
+
+
+def test_cloud_worker_grades_essays_with_the_real_grade_runner_and_refuses_edge_jobs_without_question_id(
+    tmp_path: Path,
+) -> None:
+    from gpu_worker.runners.base import InvalidInput
+    from gpu_worker.runners.feedback import FeedbackRunner
+    from gpu_worker.runners.grade import GradeRunner
+    from hybrid.stack.cloud_worker import EssayGradingRunner, cloud_runners
+
+    runners = cloud_runners(tmp_path / "models", None, tmp_path / "heads", "light", feedback_tokens=16)
+    kinds = {(r.task, r.model): r for r in runners}
+    assert isinstance(kinds[("grade", "rubric-minilm")], GradeRunner)
+    fb = kinds[("feedback", "smollm2-135m-instruct")]
+    assert isinstance(fb, FeedbackRunner) and fb.default_max_new_tokens == 16
+    essay = kinds[("essay-grading", "essay-grader-large")]
+    assert isinstance(essay, EssayGradingRunner) and essay.aliases == (("essay-grading", "*"),)
+    essay.load()
+    with pytest.raises(InvalidInput, match=r"no question_id.*hybrid grade run"):
+        essay.check({"text": "Plants make food from sunlight."})  # what an edge sends
+    good = "Plants use sunlight to turn water and carbon dioxide into glucose and oxygen."
+    job = {"question_id": "en-photosynthesis", "text": good}
+    essay.check(job)
+    out = essay.run_batch([job, {"question_id": "en-photosynthesis", "text": "I like football."}])
+    assert out[0]["model"] == "grade/rubric-minilm" and out[0]["max_score"] == 5.0
+    assert out[0]["score"] > out[1]["score"]  # the fitted grader, not a length rubric
 
 
 PILOT_KEYS = (

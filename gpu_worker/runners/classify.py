@@ -533,6 +533,7 @@ class ClassifyRunner(_QuestionRunnerBase):
 
     task = "classify"
     model = "question-clf"
+    aliases = (("question-classification", "*"),)  # the routing policy's task (any of its cloud models)
     FIELDS = ("text", "truncate", *EMBEDDING_FIELDS, "dim")
 
     def check(self, inputs: Mapping[str, Any]) -> None:

@@ -1,19 +1,25 @@
 """The cloud side of `hybrid up`: a GPU-worker process serving the policy's cloud models.
 
 The routing policy names cloud models per task (`question-classification` → `qclf-xlmr-large`,
-`essay-grading` → `essay-grader-large`); the edge agent seals jobs with those names. On one machine
-the worker serves them with what is built and signed here, on the worker package's consumer loop,
-batcher, drain and health server (`gpu_worker.worker.Worker`):
+`essay-grading` → `essay-grader-large`); the edge agent seals jobs with those names. The worker
+serves them with the worker package's runners (`gpu_worker.runners.registry.build_runners`), on its
+consumer loop, batcher, drain and health server (`gpu_worker.worker.Worker`):
 
-- `question-classification` / `qclf-xlmr-large`, two builds (`--cloud-models`):
-  `full` — the worker package's torch runners (`gpu_worker.runners.classify`: n-grams + MiniLM with
-  two heads for text, an MLP for an embedding); `light` — the signed ONNX artifacts: text → the
+- `question-classification`: `full` — the `classify` runner (`ClassifyRunner`: n-grams + MiniLM,
+  one head for text and one for an edge embedding), which answers to the policy's name through its
+  runner alias `("question-classification", "*")`; `light` — the signed ONNX artifacts: text → the
   classifier on the fp32 MiniLM embedding (the edge runs the same head on int8), embedding
-  (`embedding_f16`, sent instead of personal text) → a softmax head over the embedding alone,
-  trained from the training split at first start and cached next to the models.
-- `essay-grading` / `essay-grader-large`: a transparent rubric (length, structure, vocabulary,
-  reasoning words in Bengali and English) with feedback sentences. It stands in for a large grader
-  so that the pipeline (tokenized essays out, grades and feedback back) is real end to end.
+  (`embedding_f16`, sent instead of personal text) → a softmax head over the embedding alone.
+  `light` exists for CI time only: a fresh data dir (every test session) trains the torch runner's
+  heads at the first start of every worker at once (about 40 s each on a 2-core box); the ONNX
+  head trains in a few seconds.
+- `grade` / `rubric-minilm` and `feedback` / `smollm2-135m-instruct` (both builds): the real grading
+  runners (MiniLM + the ridge fitted on `data/grading`; SmolLM2-135M-Instruct). Essays are graded
+  through them by the grading driver (`hybrid.grading`, the code of `hybrid grade run`), which sends
+  `{"question_id", "answer"}` for questions of the grading bank.
+- `essay-grading` / `essay-grader-large` (what the edge seals for an essay sent to `/v1/requests`):
+  served by the `grade` runner when the job names a `question_id` of the bank; the edge's jobs carry
+  only the text, so they get a clear error result (no grade is made up).
 
 Run by `hybrid up` as `python -m hybrid.stack.cloud_worker …` (one per worker of the pool).
 """
@@ -23,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -75,6 +80,7 @@ def train_embedding_head(
 class CloudClassifier(ModelRunner):
     task = QCLF_TASK
     model = QCLF_MODEL
+    aliases = ((QCLF_TASK, "*"),)
 
     def __init__(self, models_dir: Path, verify_key: str | None, cache_dir: Path) -> None:
         self.models_dir = models_dir
@@ -152,134 +158,74 @@ class CloudClassifier(ModelRunner):
         return [o or {} for o in out]
 
 
-_REASONING = (
-    "because",
-    "therefore",
-    "so that",
-    "however",
-    "for example",
-    "first",
-    "finally",
-    "কারণ",
-    "তাই",
-    "যেমন",
-    "তবে",
-    "প্রথমত",
-    "অবশেষে",
-    "সুতরাং",
-)
-_SENT = re.compile(r"[.!?।]+")
+class EssayGradingRunner(ModelRunner):
+    """The policy's `essay-grading` task, served by the real `grade` runner — or refused clearly.
 
+    A job naming a `question_id` of the grading bank is graded by `grade` / `rubric-minilm` (the
+    essay in `answer`, or in `text` as the edge sends it). The edge's `/v1/requests` has no field for
+    a question id, so its essay jobs get an error result that says how to grade essays; the grading
+    driver (`hybrid grade run`) sends `grade` and `feedback` jobs with the question id instead."""
 
-def grade_essay(text: str) -> dict[str, Any]:
-    """A transparent 0-10 rubric: length, sentences, paragraphs, vocabulary, reasoning words."""
-    words = text.split()
-    n = len(words)
-    sentences = [s for s in _SENT.split(text) if s.strip()]
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
-    distinct = len({w.lower().strip(".,!?।") for w in words}) / max(n, 1)
-    low = text.lower()
-    reasoning = sum(low.count(w) for w in _REASONING)
-    parts = {
-        "length": min(n / 120.0, 1.0) * 3.0,
-        "structure": min(len(sentences) / 6.0, 1.0) * 2.0 + (1.0 if len(paragraphs) >= 2 else 0.0),
-        "vocabulary": min(distinct / 0.6, 1.0) * 2.0,
-        "reasoning": min(reasoning / 3.0, 1.0) * 2.0,
-    }
-    score = round(sum(parts.values()), 1)
-    feedback = []
-    if n < 80:
-        feedback.append(f"Develop your ideas further: {n} words, aim for at least 120.")
-    if len(paragraphs) < 2:
-        feedback.append("Split the essay into an introduction, a body and a conclusion.")
-    if distinct < 0.5:
-        feedback.append("Vary your vocabulary; several words repeat often.")
-    if reasoning < 2:
-        feedback.append("Explain why: link claims with reasons (because / therefore, কারণ / তাই).")
-    if not feedback:
-        feedback.append("Well organised and well argued; keep it up.")
-    return {
-        "score": score,
-        "max_score": 10,
-        "rubric": {k: round(v, 2) for k, v in parts.items()},
-        "feedback": feedback,
-        "words": n,
-    }
-
-
-class EssayGrader(ModelRunner):
     task = GRADE_TASK
     model = GRADE_MODEL
+    aliases = ((GRADE_TASK, "*"),)
+
+    def __init__(self, grade: ModelRunner) -> None:
+        self.grade = grade
 
     def load(self) -> None:
-        return None
+        self.grade.load()
 
     def info(self) -> RunnerInfo:
-        return RunnerInfo(
-            self.task, self.model, "cpu", "-", max_batch_size=32, preferred_min=8, max_queue_delay_ms=20.0
-        )
+        i = self.grade.info()
+        return RunnerInfo(self.task, self.model, i.device, i.dtype, i.max_batch_size, i.preferred_min, 20.0)
+
+    def _as_grade(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(inputs, Mapping) or "question_id" not in inputs:
+            raise InvalidInput(
+                f"{self.task}: the grader ({self.grade.task}/{self.grade.model}) grades answers to questions of "
+                "the grading bank and this job names no question_id; submit essays with `hybrid grade run` "
+                "(tasks grade and feedback with question_id and answer)"
+            )
+        answer = inputs.get("answer", inputs.get("text"))
+        extra = sorted(set(inputs) - {"question_id", "answer", "text"})
+        if extra:
+            raise InvalidInput(f"{self.task}: unknown field(s) {', '.join(extra)}; send question_id and answer")
+        return {"question_id": inputs["question_id"], "answer": answer}
 
     def check(self, inputs: Mapping[str, Any]) -> None:
-        _text(inputs, self.task)
+        self.grade.check(self._as_grade(inputs))
 
     def run_batch(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [grade_essay(str(x["text"])) for x in inputs]
+        out = self.grade.run_batch([self._as_grade(x) for x in inputs])
+        return [{**o, "model": f"{self.grade.task}/{self.grade.model}"} for o in out]
 
 
-class TorchCloudClassifier(ModelRunner):
-    """The policy's cloud classifier served by the worker package's torch runners.
+def cloud_runners(
+    models_dir: Path,
+    verify_key: str | None,
+    cache_dir: Path,
+    kind: str = "light",
+    *,
+    feedback_tokens: int = 48,
+) -> list[ModelRunner]:
+    """The worker's runners: question classification (`full`: the torch `classify` runner under its
+    policy alias; `light`: the signed ONNX artifacts), and the real `grade` and `feedback` runners.
 
-    Text → `gpu_worker.runners.classify.ClassifyRunner` (n-grams + MiniLM on torch, two heads);
-    an edge embedding → `EmbeddingClassifyRunner` (an MLP over the embedding). Heads are trained at
-    first load and cached in `cache_dir`.
-    """
+    `cache_dir` is the root `build_runners` gets: the torch runners' heads are cached in
+    `<cache_dir>/worker/`; it holds no signed manifests, so the MiniLM and SmolLM2 weights come from
+    their packages."""
+    from gpu_worker.runners.feedback import FeedbackRunner
+    from gpu_worker.runners.registry import build_runners
 
-    task = QCLF_TASK
-    model = QCLF_MODEL
-
-    def __init__(self, cache_dir: Path) -> None:
-        from gpu_worker.runners.classify import ClassifyRunner, EmbeddingClassifyRunner
-
-        self.text = ClassifyRunner(cache_dir=cache_dir)
-        self.emb = EmbeddingClassifyRunner(cache_dir=cache_dir)
-
-    def load(self) -> None:
-        self.text.load()
-        self.emb.load()
-
-    def info(self) -> RunnerInfo:
-        i = self.text.info()
-        return RunnerInfo(
-            self.task, self.model, i.device, i.dtype, max_batch_size=32, preferred_min=8, max_queue_delay_ms=5.0
-        )
-
-    @staticmethod
-    def _split(inputs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        if "embedding_f16" in inputs:
-            return "emb", {"embedding_f16": inputs["embedding_f16"]}
-        return "text", {"text": inputs.get("text"), "truncate": True}
-
-    def check(self, inputs: Mapping[str, Any]) -> None:
-        kind, x = self._split(inputs)
-        (self.emb if kind == "emb" else self.text).check(x)
-
-    def run_batch(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        parts = [self._split(x) for x in inputs]
-        out: list[dict[str, Any]] = [{} for _ in inputs]
-        for kind, runner in (("text", self.text), ("emb", self.emb)):
-            idx = [i for i, (k, _) in enumerate(parts) if k == kind]
-            if idx:
-                for i, res in zip(idx, runner.run_batch([parts[i][1] for i in idx]), strict=True):
-                    res = {k: v for k, v in res.items() if k != "scores"}
-                    out[i] = {**res, "model": self.model, "input": "embedding" if kind == "emb" else "text"}
-        return out
-
-
-def cloud_runners(models_dir: Path, verify_key: str | None, cache_dir: Path, kind: str = "light") -> list[ModelRunner]:
-    """`light`: the signed ONNX artifacts (fast to load); `full`: the worker package's torch runners."""
-    if kind == "full":
-        return [TorchCloudClassifier(cache_dir), EssayGrader()]
-    return [CloudClassifier(models_dir, verify_key, cache_dir), EssayGrader()]
+    names = ["grade", "feedback"] + (["classify"] if kind == "full" else [])
+    built = build_runners(names, cache_dir)
+    grade = built[("grade", "rubric-minilm")]
+    feedback = built[("feedback", "smollm2-135m-instruct")]
+    assert isinstance(feedback, FeedbackRunner)
+    feedback.default_max_new_tokens = feedback_tokens
+    qclf = built[("classify", "question-clf")] if kind == "full" else CloudClassifier(models_dir, verify_key, cache_dir)
+    return [qclf, grade, feedback, EssayGradingRunner(grade)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace", type=float, default=10.0)
     ap.add_argument("--min-idle-ms", type=int, default=15_000)
     ap.add_argument("--cloud-models", choices=("light", "full"), default="light")
+    ap.add_argument("--feedback-tokens", type=int, default=48, help="feedback runner's default max_new_tokens")
     a = ap.parse_args(argv)
 
     from prometheus_client import CollectorRegistry
@@ -315,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     registry = CollectorRegistry()
     models_dir = Path(a.models_dir)
-    runners = cloud_runners(models_dir, a.verify_key, models_dir.parent / "cloud-heads", a.cloud_models)
+    runners = cloud_runners(
+        models_dir, a.verify_key, models_dir.parent / "cloud-heads", a.cloud_models, feedback_tokens=a.feedback_tokens
+    )
     w = Worker(consumer, runners, registry=registry)
     health = HealthServer(
         lambda: w.ready.is_set() and not w.draining.is_set(),

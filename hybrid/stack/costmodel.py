@@ -13,7 +13,7 @@ instance time explicitly (documented in docs/up-demo-pilot.md):
   instance: its cloud seconds are billed as busy time / utilization;
 - batch lane (essays), per zone, spot: `busy_gpu_s / batch utilization`;
 - GPU busy seconds per job are the policy model's `cloud_gpu_ms` (what a T4 would spend), not the
-  CPU seconds of this machine's stand-in workers (those are reported beside them);
+  CPU seconds of this machine's CPU workers (those are reported beside them);
 - egress: bytes leaving the devices x the zone's $/GB (the answers coming back are counted the same
   way by `policies.cost`; here the measured request bytes are used);
 - edge: devices x the device-hour (hardware amortized over its life, maintenance, power) for the

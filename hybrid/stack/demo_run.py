@@ -2,10 +2,11 @@
 
 1. interactive questions (Bengali and English, a share with names, phone numbers in ASCII and
    Bengali digits, e-mail addresses) to the edge agents' `/v1/requests`, a few in flight at a time;
-2. a batch of essays (signed with the student's name and contact) sent for grading with feedback;
+2. a batch of essays (answers to questions of the grading bank, signed with the student's name and
+   contact) graded with feedback by the grading driver (`hybrid grade run`'s code: PII tokenized on
+   the grading host, `grade` and `feedback` jobs on the batch lane, the real runners on the workers);
 3. an outage drill (embedded Redis only): Redis is stopped for a moment while questions keep
-   coming — the devices answer from their distilled fallback and queue essays in their outbox —
-   then started again on the same AOF; the queued work is replayed;
+   coming — the devices answer from their distilled fallback — then started again on the same AOF;
 4. the report: requests by route, latency per route, batch sizes the workers formed, cost, bytes
    and PII values that left the devices (the edge's counter, and a scan of all of Redis for the raw
    values), dead letters, every request answered, and where to look.
@@ -36,6 +37,7 @@ from hybrid.stack.drive import (
     scan_for,
     worker_metrics,
 )
+from hybrid.stack.essays import EssayRun, grade_essays
 from hybrid.stack.up import Stack, StackConfig, default_data_dir
 from hybrid.stack.workload import Item, all_pii_values, essays, questions
 
@@ -75,14 +77,14 @@ def _busy_and_outage(stack: Stack, busy: list[Item], outage: list[Item], console
         if stack.embedded is not None:
             console.print(
                 "[yellow]outage drill[/]: Redis stopped while the devices are busy; they answer from "
-                "the distilled fallback and keep essays in their outbox"
+                "the distilled fallback"
             )
             stack.embedded.stop()
             try:
                 outcomes += run_trace(edges, outage, concurrency=2, settle_timeout_s=0).outcomes
             finally:
                 stack.embedded.start()
-            console.print("Redis is back (AOF replayed); the outboxes replay what they queued")
+            console.print("Redis is back (AOF replayed)")
     finally:
         stack.set_device_load(None)
     return outcomes
@@ -101,6 +103,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         status_port=0,
         workers_max=2,
         cloud_models=opts.cloud_models or ("light" if opts.quick else "full"),
+        feedback_tokens=24 if opts.quick else 48,
     )
     stack = Stack(config, progress=lambda m: err.print(f"[dim]·[/dim] {m}"))
     t_start = time.perf_counter()
@@ -111,7 +114,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         qs = questions(n_q, seed=7, pii_share=0.35)
         es = essays(n_e, seed=11)
         busy_items = questions(n_drill, seed=98, pii_share=0.5)
-        drill_items = questions(n_drill, seed=99, pii_share=0.5) + essays(2, seed=97)
+        drill_items = questions(n_drill, seed=99, pii_share=0.5)
         for i, it in enumerate(busy_items):
             it.id = f"busy{i}-{it.id}"
         for i, it in enumerate(drill_items):
@@ -121,13 +124,23 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             f"[bold]Hybrid AI Stack demo[/]: {len(qs)} questions and {len(es)} essays through "
             f"{len(edges)} edge agents ({', '.join(f'{e.device_id}@{e.zone}' for e in stack.edges)})"
         )
-        # the essays arrive as a burst (a class handing in homework): they queue, and the workers batch them
-        essays_run = run_trace(edges, es, concurrency=8, settle_timeout_s=0)
+        # the essays arrive as one batch (a class handing in homework): the grading driver submits them
+        # all, and the workers batch them
+        console.print(f"grading {len(es)} essays with feedback (grading driver → grade + feedback runners)")
+        essay_run = grade_essays(
+            str(stack.redis_url),
+            stack.keyring,
+            stack.zones,
+            es,
+            stack.data_dir / "demo-essays",
+            roster=config.roster,
+            item_timeout_s=300.0,
+        )
         run = run_trace(edges, qs, concurrency=4, settle_timeout_s=60)
-        outcomes = list(essays_run.outcomes) + list(run.outcomes)
+        outcomes = list(run.outcomes)
         wm = worker_metrics(stack.worker_metrics_urls())  # before the drill: restarted workers start from zero
         outcomes += _busy_and_outage(stack, busy_items, drill_items, console)
-        # wait until every essay (also those queued during the drill) is graded
+        # wait for every cloud answer (also of questions sent during the drill)
         pending = [o for o in outcomes if o.job_id and o.status != "done" and o.route in ("cloud", "cascade")]
         if pending:
             import httpx
@@ -144,7 +157,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         scan = scan_for(client, pii_values)
         urls = stack.urls()
         client.close()
-        figures = _figures(opts, stack, outcomes, before, after, wm, dlq0, dlq1, pii_values, scan, urls)
+        figures = _figures(opts, stack, outcomes, essay_run, before, after, wm, dlq0, dlq1, pii_values, scan, urls)
         figures["wall_s"] = round(time.perf_counter() - t_start, 1)
         _print(console, figures)
         if opts.json_path:
@@ -161,6 +174,7 @@ def _figures(
     opts: DemoOptions,
     stack: Stack,
     outcomes: list[Outcome],
+    essay_run: EssayRun,
     before: dict[str, float],
     after: dict[str, float],
     wm: dict[str, Any],
@@ -174,8 +188,9 @@ def _figures(
     from policies import load_default_policy
 
     qs = [o for o in outcomes if o.item.kind == "question"]
-    es = [o for o in outcomes if o.item.kind == "essay"]
-    answered = sum(o.answered for o in outcomes)
+    graded = essay_run.graded
+    answered = sum(o.answered for o in outcomes) + len(graded)
+    n_requests = len(outcomes) + essay_run.items
     labelled = [o for o in qs if o.item.label]
     correct = sum(o.label == o.item.label for o in labelled)
     cm = CostModel(load_default_policy())
@@ -192,25 +207,47 @@ def _figures(
     dlq_new = sum(dlq1.values()) - sum(dlq0.values())
     by_route = Counter(o.route for o in outcomes)
     fig: dict[str, Any] = {
-        "requests": len(outcomes),
+        "requests": n_requests,
         "questions": len(qs),
-        "essays": len(es),
+        "essays": essay_run.items,
         "answered": answered,
-        "unanswered": [
-            {"id": o.item.id, "route": o.route, "status": o.status, "error": o.error}
-            for o in outcomes
-            if not o.answered
-        ][:20],
+        "unanswered": (
+            [
+                {"id": o.item.id, "route": o.route, "status": o.status, "error": o.error}
+                for o in outcomes
+                if not o.answered
+            ]
+            + [
+                {"id": r.get("id"), "route": "grading", "status": r.get("status"), "error": r.get("error")}
+                for r in essay_run.rows
+                if r not in graded
+            ]
+            + [{"id": "essays", "route": "grading", "status": "error", "error": e} for e in essay_run.errors]
+        )[:20],
         "routes": {r: by_route.get(r, 0) for r in ROUTES},
         "latency_by_route_ms": route_table([o for o in qs]),
-        "essay_submit_latency_ms": {
-            "p50": percentile([o.latency_ms for o in es], 50),
-            "p95": percentile([o.latency_ms for o in es], 95),
+        "essays_graded": len(graded),
+        "essay_grading": {
+            "path": "hybrid.grading driver (hybrid grade run) → tasks grade + feedback → workers' real runners",
+            "runners": ["grade/rubric-minilm", "feedback/smollm2-135m-instruct"],
+            "feedback_max_new_tokens": stack.config.feedback_tokens,
+            "wall_s": round(essay_run.wall_s, 2),
+            "essays_per_s": round(essay_run.items / essay_run.wall_s, 2) if essay_run.wall_s else None,
+            "mean_score": round(sum(float(r["score"]) for r in graded) / len(graded), 2) if graded else None,
+            "by_zone": {
+                z: {k: s.get(k) for k in ("status", "items", "ok", "failed", "timed_out", "worker_s", "duration_s")}
+                for z, s in essay_run.summaries.items()
+            },
+            "errors": essay_run.errors,
         },
-        "essays_graded": sum(
-            1 for o in es if o.status == "done" and isinstance(o.result, dict) and "score" in o.result
+        "essay_sample": next(
+            (
+                {k: r.get(k) for k in ("id", "question_id", "score", "feedback")}
+                | {"max_score": (r.get("grade") or {}).get("max_score")}
+                for r in graded
+            ),
+            None,
         ),
-        "essay_sample": next((o.result for o in es if isinstance(o.result, dict) and "score" in o.result), None),
         "question_accuracy": round(correct / len(labelled), 4) if labelled else None,
         "accuracy_by_route": {
             r: round(sum(o.label == o.item.label for o in labelled if o.route == r) / n, 4)
@@ -222,7 +259,9 @@ def _figures(
         "gpu_seconds": round(gpu_s, 4),
         "cost_usd": cost,
         "bytes_left_devices": int(offload_bytes),
-        "pii_values_tokenized": int(after["pii_tokenized"] - before["pii_tokenized"]),
+        "pii_values_tokenized": int(after["pii_tokenized"] - before["pii_tokenized"]) + essay_run.pii_tokenized,
+        "pii_values_tokenized_edges": int(after["pii_tokenized"] - before["pii_tokenized"]),
+        "pii_values_tokenized_grading_host": essay_run.pii_tokenized,
         "pii_values_left_devices": int(pii_left),
         "pii_values_in_trace": len(pii_values),
         "pii_found_in_redis": {k: v for k, v in scan.items() if v},
@@ -239,7 +278,7 @@ def _figures(
         "quick": opts.quick,
     }
     checks = {
-        "every_request_answered": answered == len(outcomes),
+        "every_request_answered": answered == n_requests,
         "routes_all_exercised": all(by_route.get(r, 0) > 0 for r in ROUTES) if stack.embedded else True,
         "pii_left_zero": pii_left == 0 and sum(scan.values()) == 0,
         "dlq_zero": dlq_new == 0,
@@ -267,7 +306,12 @@ def _print(console: Console, f: dict[str, Any]) -> None:
     s.add_row(
         "question accuracy (labelled test split)", f"{f['question_accuracy']:.1%}" if f["question_accuracy"] else "-"
     )
-    s.add_row("essays graded with feedback", str(f["essays_graded"]))
+    eg = f["essay_grading"]
+    s.add_row(
+        "essays graded with feedback",
+        f"{f['essays_graded']} / {f['essays']} in {eg['wall_s']:.1f} s (grading driver → grade + feedback runners; "
+        f"mean score {eg['mean_score'] if eg['mean_score'] is not None else '-'})",
+    )
     bs = ", ".join(f"{task}: {d['batches']:.0f} batches, mean {d['mean']} jobs" for task, d in f["batch_sizes"].items())
     s.add_row("batches formed by the workers", bs or "-")
     c = f["cost_usd"]
@@ -277,7 +321,11 @@ def _print(console: Console, f: dict[str, Any]) -> None:
         f"instance time, egress ${c['egress_usd']:.6f}, edge ${c['edge_usd']:.4f})",
     )
     s.add_row("bytes that left the devices", f"{f['bytes_left_devices']:,}")
-    s.add_row("PII values tokenized on the devices", str(f["pii_values_tokenized"]))
+    s.add_row(
+        "PII values tokenized before leaving",
+        f"{f['pii_values_tokenized']} ({f['pii_values_tokenized_edges']} on the devices, "
+        f"{f['pii_values_tokenized_grading_host']} on the grading host)",
+    )
     s.add_row(
         "PII values that left the devices",
         f"{f['pii_values_left_devices']} (edge counter); "

@@ -1,10 +1,11 @@
 """`hybrid pilot`: the article's A/B pilot, compressed to minutes on one machine.
 
-The same trace (labelled questions from the test split, a share with PII, plus essays) goes twice
-through the real stack, paced at the same rate: once with policy `hybrid` (policies/default.yaml)
-and once with `always-cloud` (policies/always-cloud.yaml). Each arm starts its own stack (same data
-dir, models and keys) and stops it afterwards. A third, offline arm, `edge-only`, classifies the
-test split with the device's classifier alone, for accuracy.
+The same trace (labelled questions from the test split, a share with PII) goes twice through the
+real stack, paced at the same rate, while the same batch of essays is graded with feedback by the
+grading driver (`hybrid grade run`'s code → the workers' `grade` and `feedback` runners): once with
+policy `hybrid` (policies/default.yaml) and once with `always-cloud` (policies/always-cloud.yaml).
+Each arm starts its own stack (same data dir, models and keys) and stops it afterwards. A third,
+offline arm, `edge-only`, classifies the test split with the device's classifier alone, for accuracy.
 
 Cost per arm: `hybrid.stack.costmodel.CostModel` (warm instance-hours, spot batch, egress, edge
 amortization) with the default policy's price table for both arms.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.connection import connect
+from hybrid.stack.cloud_worker import GRADE_MODEL
 from hybrid.stack.costmodel import CloudJob, CostModel
 from hybrid.stack.drive import Outcome, dlq_lengths, edge_totals, percentile, run_trace, scan_for, worker_metrics
+from hybrid.stack.essays import EssayRun, grade_essays
 from hybrid.stack.up import Stack, StackConfig, default_data_dir
 from hybrid.stack.workload import Item, all_pii_values, essays, questions
 
@@ -64,7 +68,18 @@ def cloud_jobs(outcomes: list[Outcome]) -> list[CloudJob]:
     return jobs
 
 
-def _arm(name: str, policy: Path | None, opts: PilotOptions, items: list[Item], err: Console) -> dict[str, Any]:
+def essay_jobs(essay_run: EssayRun) -> list[CloudJob]:
+    """The essays' cloud work, priced as the policy's essay model on the batch lane (spot)."""
+    return [
+        CloudJob(zone, "batch", GRADE_MODEL, False)
+        for zone, summary in essay_run.summaries.items()
+        for _ in range(int(summary.get("items") or 0))
+    ]
+
+
+def _arm(
+    name: str, policy: Path | None, opts: PilotOptions, items: list[Item], essay_items: list[Item], err: Console
+) -> dict[str, Any]:
     config = StackConfig(
         data_dir=opts.data_dir or default_data_dir(),
         redis_url=opts.redis_url,
@@ -75,6 +90,7 @@ def _arm(name: str, policy: Path | None, opts: PilotOptions, items: list[Item], 
         workers_max=opts.workers_max,
         policy_path=policy,
         cloud_models=opts.cloud_models,
+        feedback_tokens=24 if opts.quick else 48,
     )
     stack = Stack(config, progress=lambda m: err.print(f"[dim]· {name}:[/dim] {m}"))
     with stack:
@@ -83,12 +99,29 @@ def _arm(name: str, policy: Path | None, opts: PilotOptions, items: list[Item], 
         edges = [e.url for e in stack.edges]
         zone_of = {e.url: e.zone for e in stack.edges}
         before = {e: edge_totals([e]) for e in edges}
-        err.print(f"[bold]{name}[/]: {len(items)} requests at {opts.rate_per_s:g}/s through {len(edges)} edges")
+        err.print(
+            f"[bold]{name}[/]: {len(items)} questions at {opts.rate_per_s:g}/s through {len(edges)} edges, "
+            f"{len(essay_items)} essays through the grading driver at the same time"
+        )
+        graded: list[EssayRun] = []
+        essays_thread = threading.Thread(
+            target=lambda: graded.append(
+                grade_essays(
+                    str(stack.redis_url), stack.keyring, stack.zones, essay_items,
+                    stack.data_dir / f"pilot-essays-{name}", roster=config.roster, item_timeout_s=300.0,
+                )
+            ),
+            name="essays",
+            daemon=True,
+        )  # fmt: skip
+        essays_thread.start()
         run = run_trace(edges, items, concurrency=4, rate_per_s=opts.rate_per_s, settle_timeout_s=90)
+        essays_thread.join(timeout=600)
+        essay_run = graded[0] if graded else EssayRun(items=len(essay_items), errors=["the grading run did not end"])
         after = {e: edge_totals([e]) for e in edges}
         wm = worker_metrics(stack.worker_metrics_urls())
         dlq1 = dlq_lengths(client, stack.zones)
-        scan = scan_for(client, all_pii_values(items))
+        scan = scan_for(client, all_pii_values(items + essay_items))
         client.close()
     egress: dict[str, float] = {}
     pii_left = 0.0
@@ -97,7 +130,8 @@ def _arm(name: str, policy: Path | None, opts: PilotOptions, items: list[Item], 
         pii_left += after[e]["pii_values_left"] - before[e]["pii_values_left"]
     return {
         "outcomes": run.outcomes,
-        "wall_s": run.wall_s,
+        "essays": essay_run,
+        "wall_s": max(run.wall_s, essay_run.wall_s),
         "egress": egress,
         "pii_left": int(pii_left),
         "scan_hits": sum(scan.values()),
@@ -123,13 +157,14 @@ def edge_only_accuracy(data_dir: Path, items: list[Item]) -> float | None:
 
 def summarize(name: str, arm: dict[str, Any], cm: CostModel) -> dict[str, Any]:
     outs: list[Outcome] = arm["outcomes"]
+    essay_run: EssayRun = arm["essays"]
     qs = [o for o in outs if o.item.kind == "question"]
     lat = [o.latency_ms for o in qs if o.http_status and o.http_status < 400]
     labelled = [o for o in qs if o.item.label]
     acc = sum(o.label == o.item.label for o in labelled) / len(labelled) if labelled else 0.0
     offloaded = sum(o.route in ("cloud", "cascade") for o in qs)
     cost = cm.arm_cost(
-        cloud_jobs(outs),
+        cloud_jobs(outs) + essay_jobs(essay_run),
         wall_s=arm["wall_s"],
         egress_bytes=arm["egress"],
         edge_devices=arm["edges"] if name == "hybrid" else 0,
@@ -138,8 +173,12 @@ def summarize(name: str, arm: dict[str, Any], cm: CostModel) -> dict[str, Any]:
     for o in outs:
         routes[o.route] = routes.get(o.route, 0) + 1
     return {
-        "requests": len(outs),
-        "answered": sum(o.answered for o in outs),
+        "requests": len(outs) + essay_run.items,
+        "answered": sum(o.answered for o in outs) + len(essay_run.graded),
+        "essays": essay_run.items,
+        "essays_graded": len(essay_run.graded),
+        "essay_grading_wall_s": round(essay_run.wall_s, 2),
+        "essay_grading_errors": essay_run.errors,
         "routes": routes,
         "interactive_p50_ms": percentile(lat, 50),
         "interactive_p95_ms": percentile(lat, 95),
@@ -179,10 +218,12 @@ def run_pilot(opts: PilotOptions, console: Console | None = None) -> int:
 
     cm = CostModel(load_default_policy())
     n_q, n_e = (120, 8) if opts.quick else (630, 40)
-    items = questions(n_q, seed=21, pii_share=0.3) + essays(n_e, seed=23)
-    items = _interleave(items)  # essays spread through the trace: both lanes run at once
+    items = questions(n_q, seed=21, pii_share=0.3)
+    essay_items = essays(n_e, seed=23)  # graded while the questions run: both lanes at once
     t0 = time.perf_counter()
-    arms = {name: summarize(name, _arm(name, policy, opts, items, err), cm) for name, policy in ARMS.items()}
+    arms = {
+        name: summarize(name, _arm(name, policy, opts, items, essay_items, err), cm) for name, policy in ARMS.items()
+    }
     h, c = arms["hybrid"], arms["always-cloud"]
     edge_acc = edge_only_accuracy(opts.data_dir or default_data_dir(), items)
     saving = (
@@ -222,7 +263,7 @@ def run_pilot(opts: PilotOptions, console: Console | None = None) -> int:
         "edge_usd_per_hour_hybrid": round(h["cost"]["edge_usd"] / max(h["wall_s"] / 3600, 1e-9), 5),
         "bytes_left_devices_hybrid": h["bytes_left_devices"],
         "bytes_left_devices_cloud": c["bytes_left_devices"],
-        "requests_per_arm": len(items),
+        "requests_per_arm": len(items) + len(essay_items),
         "quick": opts.quick,
         "cloud_models": opts.cloud_models,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -252,20 +293,6 @@ def run_pilot(opts: PilotOptions, console: Console | None = None) -> int:
         opts.json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         err.print(f"wrote {opts.json_path}")
     return 0
-
-
-def _interleave(items: list[Item]) -> list[Item]:
-    qs = [i for i in items if i.kind == "question"]
-    es = [i for i in items if i.kind == "essay"]
-    if not es:
-        return qs
-    step = max(len(qs) // len(es), 1)
-    out: list[Item] = []
-    for k, q in enumerate(qs):
-        out.append(q)
-        if k % step == step - 1 and es:
-            out.append(es.pop(0))
-    return out + es
 
 
 def _r(v: float | None) -> float | None:

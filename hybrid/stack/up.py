@@ -63,6 +63,7 @@ class StackConfig:
     bench_runs: int = 5
     start_timeout_s: float = 180.0
     cloud_models: str = "full"  # full: the worker package's torch runners; light: ONNX (quick runs, tests)
+    feedback_tokens: int = 48  # the feedback runner's default max_new_tokens (what the grading driver gets)
     roster: Path | None = field(default_factory=lambda: _repo_file("data", "pii", "roster.yaml"))
 
 
@@ -367,6 +368,8 @@ class Stack:
                 str(port),
                 "--cloud-models",
                 c.cloud_models,
+                "--feedback-tokens",
+                str(c.feedback_tokens),
             ]
 
         sup = Supervisor(

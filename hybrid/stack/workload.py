@@ -6,7 +6,9 @@ phone number in ASCII or Bengali digits, an e-mail address — the way students 
 app; the label is the question's. Every PII value put into the trace is listed, so the demo can
 check independently that none of them reached Redis.
 
-Essays are short school essays (Bengali and English) signed with the student's name and contact.
+Essays are students' written answers to questions of the grading bank (`data/grading/answers.jsonl`,
+Bengali and English, each naming its `question_id`), signed with the student's name and contact;
+they are graded by the grading driver (`hybrid.stack.essays`), not sent to the edge agents.
 """
 
 from __future__ import annotations
@@ -38,9 +40,6 @@ _WRAP_BN = [
     "আমি {name}, ফোন {phone}। {q}",
 ]
 
-_ESSAY_TOPICS_EN = ["the water cycle", "the importance of trees", "my school library", "the Padma river", "monsoon"]
-_ESSAY_TOPICS_BN = ["জলচক্র", "গাছের গুরুত্ব", "আমাদের বিদ্যালয়", "পদ্মা নদী", "বর্ষাকাল"]
-
 
 @dataclass
 class Item:
@@ -50,6 +49,7 @@ class Item:
     label: str | None = None
     pii: list[str] = field(default_factory=list)
     id: str = ""
+    question_id: str | None = None  # essays: the question of the grading bank it answers
 
 
 def load_questions(split: str = "test") -> list[dict[str, Any]]:
@@ -86,40 +86,31 @@ def questions(n: int | None, *, seed: int = 7, pii_share: float = 0.3) -> list[I
     return out
 
 
+def load_graded_answers() -> list[dict[str, Any]]:
+    with (DATA / "grading" / "answers.jsonl").open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def essays(n: int, *, seed: int = 11) -> list[Item]:
+    """`n` answers of the grading set (alternating English and Bengali, reproducible), each signed with
+    a roster name and a phone number or e-mail address — the PII the grading host tokenizes."""
+    rows = load_graded_answers()
     rng = random.Random(seed)
+    by_lang = {lang: [r for r in rows if r["lang"] == lang] for lang in ("en", "bn")}
+    for group in by_lang.values():
+        rng.shuffle(group)
     out = []
     for i in range(n):
-        if i % 2:
-            topic, name, phone = rng.choice(_ESSAY_TOPICS_BN), rng.choice(NAMES_BN), rng.choice(PHONES_BN)
-            body = [
-                f"{topic} আমাদের জীবনে খুব গুরুত্বপূর্ণ।",
-                f"প্রথমত, {topic} প্রকৃতির একটি অংশ।",
-                "কারণ এটি আমাদের খাদ্য ও জল দেয়, তাই আমাদের এর যত্ন নেওয়া উচিত।",
-                "যেমন, গ্রামের মানুষ এর উপর নির্ভর করে।",
-                "অবশেষে বলা যায়, আমাদের সবাইকে সচেতন হতে হবে।",
-            ]
-            body = body[: rng.randint(2, len(body))]
-            text = (
-                " ".join(body) + "\n\n" + " ".join(rng.sample(body, k=min(2, len(body)))) + f"\n\n— {name}, ফোন {phone}"
-            )
-            lang = "bn"
+        lang = "bn" if i % 2 else "en"
+        group = by_lang[lang]
+        r = group[(i // 2) % len(group)]
+        if lang == "bn":
+            name, contact = rng.choice(NAMES_BN), rng.choice(PHONES_BN)
+            text = f"{r['answer']}\n\n— {name}, ফোন {contact}"
         else:
-            topic, name, email = rng.choice(_ESSAY_TOPICS_EN), rng.choice(NAMES_EN), rng.choice(EMAILS)
-            phone = ""
-            body = [
-                f"{topic.capitalize()} matters to every one of us.",
-                f"First, {topic} shapes the land we live on.",
-                "Because farmers depend on it, therefore we should protect it.",
-                "For example, villages near rivers need clean water.",
-                "However, pollution is growing.",
-                "Finally, students can help by teaching their families.",
-            ]
-            body = body[: rng.randint(2, len(body))]
-            text = " ".join(body) + "\n\n" + " ".join(rng.sample(body, k=min(2, len(body)))) + f"\n\n— {name}, {email}"
-            lang = "en"
-        pii = [name, phone] if lang == "bn" else [name, email]
-        out.append(Item("essay", text, lang, None, [p for p in pii if p], f"essay-{i}"))
+            name, contact = rng.choice(NAMES_EN), rng.choice(EMAILS)
+            text = f"{r['answer']}\n\n— {name}, {contact}"
+        out.append(Item("essay", text, lang, None, [name, contact], f"essay-{i}-{r['id']}", str(r["question_id"])))
     return out
 
 
@@ -127,4 +118,4 @@ def all_pii_values(items: list[Item]) -> list[str]:
     return sorted({v for it in items for v in it.pii})
 
 
-__all__ = ["Item", "all_pii_values", "essays", "load_questions", "questions"]
+__all__ = ["Item", "all_pii_values", "essays", "load_graded_answers", "load_questions", "questions"]
