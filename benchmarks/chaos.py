@@ -459,6 +459,8 @@ def fault_cluster(
         refused: dict[str, int] = dict.fromkeys(zones, 0)
         retry: dict[str, list[Any]] = {z: [] for z in zones}
         n_chunks = (n_jobs + chunk - 1) // chunk
+        for z, pool in zip(zones, pools, strict=True):  # both workers consume before the clock starts
+            _wait_ready(pool, clients[z].redis, z, 1)
         started = time.monotonic()
         killed_at = restarted_at = None
         other_done_during_outage = 0
