@@ -143,7 +143,7 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ResultTimeout(sorted(outstanding), timeout)
-            notified = self._read_notifications(min(left, self.recheck_s))
+            notified = self.notifications(min(left, self.recheck_s))
             # after a quiet interval, look for results whose notice went to another client
             ready = outstanding & notified if notified else set(outstanding)
             if ready:
@@ -152,11 +152,14 @@ class Client:
                 outstanding -= got.keys()
         return results
 
-    def _read_notifications(self, wait_s: float) -> set[str]:
+    def notifications(self, wait_s: float, count: int = 1000) -> set[str]:
+        """Job ids whose results were announced on this client's reply stream since the last call.
+        Waits up to `wait_s` for the first notice (not at all when 0)."""
+        kwargs: dict[str, Any] = {"count": count}
+        if wait_s > 0:
+            kwargs["block"] = max(int(wait_s * 1000), 1)
         with redis_errors():
-            resp: Any = self.redis.xread(
-                {self.reply_stream: self._cursor}, count=1000, block=max(int(wait_s * 1000), 1)
-            )
+            resp: Any = self.redis.xread({self.reply_stream: self._cursor}, **kwargs)
         ids: set[str] = set()
         for _stream, entries in resp or []:
             for eid, fields in entries:
@@ -164,6 +167,10 @@ class Client:
                 ids.update(fields.get(b"jobs", b"").decode().split(","))
         ids.discard("")
         return ids
+
+    def get_results(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
+        """The stored results among `job_ids` (opened), without waiting."""
+        return self._fetch(list(job_ids))
 
     def _fetch(self, job_ids: list[str]) -> dict[str, JobResult]:
         out: dict[str, JobResult] = {}

@@ -131,7 +131,6 @@ class GradeRun:
         self.kinds = [("g", self.config.task)] + (
             [("f", self.config.feedback_task)] if self.config.feedback_task else []
         )
-        self._cursor = b"0-0"
         self._dlq_cursor = "0-0"
         self._next_dlq_check = 0.0
 
@@ -207,7 +206,7 @@ class GradeRun:
         resumed = [i for i in todo if (st := known.get(i.id)) is not None and st.submitted]
         partial: dict[str, dict[str, JobResult]] = {}
         jobs_of = {job_id_for(run_id, i.id, k): (i, k) for i in resumed for k, _ in self.kinds}
-        for job_id, result in self._fetch(list(jobs_of)).items():
+        for job_id, result in self.client.get_results(list(jobs_of)).items():
             item, kind = jobs_of[job_id]
             partial.setdefault(item.id, {})[kind] = result
         self._settle(
@@ -267,12 +266,12 @@ class GradeRun:
                 if wait_s > 0:
                     time.sleep(min(wait_s, 0.25))
                 continue
-            ready = self._read_notifications(wait_s) & flights.keys()
+            ready = self.client.notifications(wait_s, count=5000) & flights.keys()
             if not ready and self.clock() - last_full >= cfg.recheck_s:
                 ready = set(flights)
                 last_full = self.clock()
             if ready:
-                got = self._fetch(sorted(ready))
+                got = self.client.get_results(sorted(ready))
                 finished: list[Item] = []
                 for job_id, result in got.items():
                     flight = flights.pop(job_id)
@@ -432,32 +431,6 @@ class GradeRun:
     def _progress(self, done: int, total: int, pause: str | None) -> None:
         if self.on_progress is not None:
             self.on_progress(done, total, pause)
-
-    def _read_notifications(self, wait_s: float) -> set[str]:
-        kwargs: dict[str, Any] = {"count": 5000}
-        if wait_s > 0:
-            kwargs["block"] = max(int(wait_s * 1000), 1)
-        with redis_errors():
-            resp: Any = self.client.redis.xread({self.client.reply_stream: self._cursor}, **kwargs)
-        ids: set[str] = set()
-        for _stream, entries in resp or []:
-            for eid, fields in entries:
-                self._cursor = eid
-                ids.update(fields.get(b"jobs", b"").decode().split(","))
-        ids.discard("")
-        return ids
-
-    def _fetch(self, job_ids: list[str]) -> dict[str, JobResult]:
-        out: dict[str, JobResult] = {}
-        zone = self.client.zone
-        with redis_errors():
-            for i in range(0, len(job_ids), _MGET_CHUNK):
-                chunk = job_ids[i : i + _MGET_CHUNK]
-                values: Any = self.client.redis.mget([keys.result_key(zone, j) for j in chunk])
-                for job_id, stored in zip(chunk, values, strict=True):
-                    if stored is not None:
-                        out[job_id] = self.client.sealer.open_result(zone, job_id, stored)
-        return out
 
 
 def new_run_id() -> str:
