@@ -182,34 +182,43 @@ class EmbedRunner(ModelRunner):
         return RunnerInfo(self.task, self.model, choice.device_name, choice.dtype_name, 32, 8, 5.0)
 
     def check(self, inputs: Mapping[str, Any]) -> None:
-        self._parse(inputs)
-
-    def _parse(self, inputs: Mapping[str, Any]) -> tuple[str, bool, str, int]:
+        text, truncate, _ = self._parse(inputs)
         enc = self._enc()
+        # A word piece covers at least one character, so a text of up to max_tokens - 2 characters
+        # ([CLS] and [SEP] added) fits: only longer ones are tokenized here to be counted.
+        if not truncate and len(text) > enc.max_tokens - 2:
+            self._refuse_over_context(enc.count_tokens([text])[0], enc.max_tokens)
+
+    def _refuse_over_context(self, n: int, limit: int) -> None:
+        if n > limit:
+            raise InvalidInput(
+                f"{self.task}: text is {n} word pieces, over the model's context of {limit}; "
+                "shorten it or send truncate: true"
+            )
+
+    def _parse(self, inputs: Mapping[str, Any]) -> tuple[str, bool, str]:
         inputs = require_mapping(inputs, self.task)
         reject_unknown(inputs, self.FIELDS, self.task)
         text = require_text(inputs, "text", self.task)
         truncate = optional_bool(inputs, "truncate", self.task)
         encoding = optional_choice(inputs, "encoding", self.task, ("float32", "f16"), "float32")
-        n = enc.count_tokens([text])[0]
-        if n > enc.max_tokens and not truncate:
-            raise InvalidInput(
-                f"{self.task}: text is {n} word pieces, over the model's context of {enc.max_tokens}; "
-                "shorten it or send truncate: true"
-            )
-        return text, truncate, encoding, n
+        return text, truncate, encoding
 
     def run_batch(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         enc = self._enc()
         parsed = [self._parse(x) for x in inputs]
+        counts = enc.count_tokens([p[0] for p in parsed])  # one batched tokenizer call
+        for (_, truncate, _), n in zip(parsed, counts, strict=True):
+            if not truncate:
+                self._refuse_over_context(n, enc.max_tokens)
         vectors = enc.encode([p[0] for p in parsed])
         out: list[dict[str, Any]] = []
-        for (_, _, encoding, n), vec in zip(parsed, vectors, strict=True):
+        for (_, _, encoding), n, vec in zip(parsed, counts, vectors, strict=True):
             row: dict[str, Any] = {"dim": DIM, "tokens": min(n, enc.max_tokens), "truncated": n > enc.max_tokens}
             if encoding == "f16":
                 row["embedding_f16"] = vec.numpy().astype("<f2").tobytes()
             else:
-                row["embedding"] = [float(x) for x in vec.tolist()]
+                row["embedding"] = vec.tolist()
             out.append(row)
         return out
 
