@@ -53,9 +53,11 @@ from broker.errors import (
 from broker.ids import new_ulid
 from broker.ledger import CostBreaker, Ledger
 from broker.message import JobSpec, Sealer, new_job_id
+from broker.registry import ModelRegistry, ModelRegistryError
 from broker.scripts import APPEND
 from edge_agent.device import DeviceMonitor, Snapshot
 from edge_agent.metrics import EdgeMetrics
+from edge_agent.models.runtime import CLASSIFIER
 from edge_agent.outbox import Outbox, OutboxFull, OutboxItem
 from edge_agent.pii import PiiDetector, PiiTokenizer, Roster, Span
 from edge_agent.vault import Vault
@@ -69,6 +71,9 @@ Mode = Literal["auto", "sync", "async"]
 
 LOCAL_TASKS = frozenset({"question-classification"})
 """Tasks this device can answer itself (classifier locally, the distilled fallback as fallback)."""
+
+MODEL_NAMES = {"qclf-bn-distil": CLASSIFIER}
+"""Default map from the policy's edge model names to the names of the models-dir registry."""
 
 UNAVAILABLE_MS = float("inf")
 """The measured latency the engine is told for a model the device does not carry: never within an SLO."""
@@ -112,6 +117,8 @@ class AgentConfig:
     outbox_max_items: int = 10_000
     outbox_max_bytes: int = 64 << 20
     redis_timeout_s: float = 1.0
+    # policy edge model name → registry model name, for the canary version the decision names
+    model_names: dict[str, str] = field(default_factory=lambda: dict(MODEL_NAMES))
     breaker: BreakerPolicy = field(
         default_factory=lambda: BreakerPolicy(
             cooldown=ExponentialBackoff(base_s=1.0, cap_s=60.0, jitter=0.5), trickle=1, failure_threshold=1
@@ -195,6 +202,9 @@ class EdgeAgent:
         )
         self._stop = threading.Event()
         self._replayer: threading.Thread | None = None
+        self._variants: dict[str, Any] = {}  # classifier version → models running it (loaded lazily)
+        self._unusable: set[str] = set()  # classifier versions that failed verification or loading
+        self._variants_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -314,8 +324,44 @@ class EdgeAgent:
             known = ", ".join(sorted(self.policy.tasks))
             raise BadRequest(f"unknown task {req.task!r} (known: {known})", reason="unknown_task")
 
-    def _run_local(self, kind: str, text: str) -> tuple[str, float]:
-        fn = self.models.classify if kind == "classifier" else self.models.fallback
+    def _classifier(self, decision: Decision) -> tuple[Any, str | None]:
+        """The models to classify with and the classifier version they run: the version the decision
+        names (the policy's canary) when the registry holds it installed, not retired, and it verifies;
+        the registry's active version otherwise."""
+        name = self.config.model_names.get(decision.model or "")
+        root = getattr(self.models, "models_dir", None)
+        loaded: Mapping[str, str] = getattr(self.models, "versions", {})
+        if name != CLASSIFIER or root is None or not hasattr(self.models, "with_classifier_version"):
+            return self.models, loaded.get(name or "")
+        registry = ModelRegistry(root)
+        try:
+            # a one-version split: that version when it may serve, else the active one
+            version = registry.select(
+                name, decision.request_id, [(decision.version, 100.0)] if decision.version else None
+            )
+        except ModelRegistryError as exc:
+            log.warning("model registry %s: %s; serving the loaded %s", root, exc, name)
+            return self.models, loaded.get(name)
+        return self._models_at(version, loaded.get(name))
+
+    def _models_at(self, version: str, loaded: str | None) -> tuple[Any, str | None]:
+        if version == loaded:
+            return self.models, version
+        with self._variants_lock:
+            models = self._variants.get(version)
+            if models is None and version not in self._unusable:
+                try:
+                    models = self.models.with_classifier_version(version)
+                except (HybridError, OSError, ValueError, KeyError) as exc:
+                    self._unusable.add(version)
+                    log.error("classifier version %s cannot serve (%s); serving %s", version, exc, loaded)
+                else:
+                    self._variants[version] = models
+        return (models, version) if models is not None else (self.models, loaded)
+
+    def _run_local(self, kind: str, text: str, models: Any = None) -> tuple[str, float]:
+        models = models if models is not None else self.models
+        fn = models.classify if kind == "classifier" else models.fallback
         t0 = time.perf_counter()
         label, confidence = fn([text])[0]
         self.metrics.inference_seconds.labels(kind).observe(time.perf_counter() - t0)
@@ -333,12 +379,15 @@ class EdgeAgent:
     ) -> None:
         if req.task not in LOCAL_TASKS:  # the engine was told such models are unavailable; defensive
             raise ServiceUnavailable(f"this device carries no model for task {req.task!r}")
-        label, confidence = self._run_local("classifier", req.text)
+        models, version = self._classifier(decision)
+        label, confidence = self._run_local("classifier", req.text, models)
+        registry_name = self.config.model_names.get(decision.model or "", decision.model or "")
+        self.metrics.local_versions.labels(registry_name, version or "unknown").inc()
         local = {
             "label": label,
             "confidence": round(confidence, 4),
             "model": decision.model,
-            "version": decision.version,
+            "version": version,  # the classifier version that answered (the canary's when it may serve)
         }
         follow = escalate(
             LocalResult(request=request, device=device, model=decision.model or "", confidence=confidence), self.policy

@@ -45,6 +45,10 @@ class EdgeMetrics:
             "hybrid_edge_pii_values_left_device", "Detected PII values that left the device in clear (raw offloads)",
             ["type"], registry=r,
         )  # fmt: skip
+        self.local_versions = Counter(
+            "hybrid_edge_local_model_versions", "Local classifier answers, by registry model and version that served",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self.cascades = Counter("hybrid_edge_cascades", "Low-confidence local answers escalated", ["task"], registry=r)
         self.fallbacks = Counter(
             "hybrid_edge_fallbacks", "Answers from the distilled fallback, by why", ["reason"], registry=r

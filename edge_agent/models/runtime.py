@@ -8,6 +8,7 @@ Interface (stable; the request path and the HTTP API code against it):
     models.fallback(["text", ...])                # [(label, confidence), ...] tiny distilled classifier
     models.labels                                 # intent labels, in output order
     models.versions                               # {model name: version loaded}
+    models.with_classifier_version("1.1.0")       # another (verified) classifier version, same embedder
 
 Models (names as in the registry):
 
@@ -200,6 +201,8 @@ class EdgeModels:
         fallback_model: HashedLinearClassifier,
         versions: Mapping[str, str],
         models_dir: Path,
+        *,
+        verify_key: Any = None,
     ) -> None:
         self.embedder = embedder
         self.classifier = classifier
@@ -207,6 +210,7 @@ class EdgeModels:
         self.labels = list(classifier.labels)
         self.versions = dict(versions)
         self.models_dir = models_dir
+        self.verify_key = verify_key
 
     @classmethod
     def load(
@@ -244,6 +248,21 @@ class EdgeModels:
             fallback_model,
             {n: v.manifest.version for n, v in verified.items()},
             root,
+            verify_key=public,
+        )
+
+    def with_classifier_version(self, version: str) -> EdgeModels:
+        """These models with version `version` of the classifier instead, verified (same trust as `load`)
+        and loaded; the embedder and the fallback are shared. Raises as `load` does."""
+        if version == self.versions.get(CLASSIFIER):
+            return self
+        verified = ModelRegistry(self.models_dir).verify(CLASSIFIER, version, verify_key=self.verify_key)
+        classifier = HashedLinearClassifier.load(verified.path)
+        if classifier.labels != self.labels:
+            raise ConfigError(f"{CLASSIFIER} {version} has other labels than the loaded one; it cannot serve")
+        versions = {**self.versions, CLASSIFIER: verified.manifest.version}
+        return EdgeModels(
+            self.embedder, classifier, self.fallback_model, versions, self.models_dir, verify_key=self.verify_key
         )
 
     def embed(self, texts: list[str]) -> np.ndarray:
