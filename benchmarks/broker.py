@@ -154,14 +154,14 @@ class Bench:
     def e2e(self, n: int, text: str) -> float:
         zone = self.zone()
         env = {**os.environ, "HYB_REDIS_URL": self.server.url, "HYB_ZONE": zone, "HYB_KEYRING": str(self.keyring),
-               "HYB_READ_COUNT": str(READ), "HYB_BLOCK_MS": "1000"}  # fmt: skip
+               "HYB_READ_COUNT": str(READ), "HYB_BLOCK_MS": "1000", "HYB_LOG_LEVEL": "WARNING"}  # fmt: skip
         worker = subprocess.Popen(
-            [sys.executable, "-m", "hybrid", "worker", "--name", "bench-worker"],
+            [sys.executable, "-m", "hybrid", "worker", "run", "--tasks", "builtin", "--name", "bench-worker"],
             env=env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
             assert worker.stderr is not None
-            if "consuming" not in worker.stderr.readline():
+            if " ready in zone " not in worker.stderr.readline():
                 raise RuntimeError("benchmark worker did not start")
             client = Client(connect(self.server.url), self.sealer(zone), zone)
             specs = [JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)]

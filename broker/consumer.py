@@ -34,7 +34,7 @@ from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
 from broker.message import Job, Sealer, now_ms
-from broker.scripts import COMPLETE
+from broker.scripts import COMPLETE, EXISTS_EACH
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Consumer:
         self.dead_letters = DeadLetters(client, zone)
         self.stats = ConsumerStats()
         self._complete = client.register_script(COMPLETE)
+        self._exists_each = client.register_script(EXISTS_EACH)
         self._claim_cursor = dict.fromkeys(self.streams, "0-0")
         self._last_reclaim = float("-inf")
         self._groups_ready = False
@@ -217,10 +218,7 @@ class Consumer:
         again under a new stream id — its header, job id included, is the AEAD's associated data, so it
         still opens) or a duplicate submission. They go to the dead-letter stream as `replayed`; the
         first result stays. (A result lives `result_ttl_s`; a replay after that runs again.)"""
-        pipe = self.client.pipeline(transaction=False)
-        for d in opened:
-            pipe.exists(keys.result_key(self.zone, d.job.job_id))
-        done = pipe.execute()
+        done: Any = self._exists_each(keys=[keys.result_key(self.zone, d.job.job_id) for d in opened])
         keep: list[Delivery] = []
         first_of: dict[str, bytes] = {}  # job id → the entry that carries it in this read
         for d, exists in zip(opened, done, strict=True):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -46,6 +47,7 @@ def make_kid(zone: str, version: int) -> str:
     return f"{zone}/v{version}"
 
 
+@functools.lru_cache(maxsize=1024)  # one call per message opened; a zone has a handful of key ids
 def parse_kid(kid: str) -> tuple[str, int]:
     """Split `<zone>/v<version>`; raises `UnknownKey` for anything else."""
     zone, sep, ver = kid.partition("/v")

@@ -163,4 +163,12 @@ end
 return {1, peak}
 """
 
-__all__ = ["ADMIT", "APPEND", "COMPLETE", "REPLAY"]
+# For each key, 1 if it exists, else 0 (EXISTS with several keys only counts them). The consumer asks
+# it once per read for the result keys of the jobs it opened: replays are dropped in one round trip.
+EXISTS_EACH = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('EXISTS', k) end
+return out
+"""
+
+__all__ = ["ADMIT", "APPEND", "COMPLETE", "EXISTS_EACH", "REPLAY"]
