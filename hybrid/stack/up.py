@@ -347,21 +347,7 @@ class Stack:
             port = self.worker_ports.get(name) or self._free_port()
             self.worker_ports[name] = port
             return [
-                sys.executable,
-                "-m",
-                "hybrid.stack.child",
-                "hybrid.stack.cloud_worker",
-                "main",
-                "--redis-url",
-                str(self.redis_url),
-                "--zone",
-                zone,
-                "--keyring",
-                str(self.keyring),
-                "--models-dir",
-                str(self.models_dir),
-                "--verify-key",
-                str(self.verify_key),
+                *self._child_argv("hybrid.stack.cloud_worker", zone),
                 "--name",
                 name,
                 "--health-port",
@@ -400,27 +386,21 @@ class Stack:
             with contextlib.suppress(Exception):  # Redis may be going away at shutdown
                 sup.step()
 
+    def _child_argv(self, module: str, zone: str) -> list[str]:
+        """The start of a worker's or an edge's command line: what every child of the stack shares."""
+        return [
+            sys.executable, "-m", "hybrid.stack.child", module, "main",
+            "--redis-url", str(self.redis_url), "--zone", zone, "--keyring", str(self.keyring),
+            "--models-dir", str(self.models_dir), "--verify-key", str(self.verify_key),
+        ]  # fmt: skip
+
     def _start_edge(self, i: int, zone: str, port: int) -> None:
         c = self.config
         device = f"edge-{i + 1}"
         state = self.data_dir / "edges" / device
         (state / "npu-utilization").unlink(missing_ok=True)  # a drill's leftover from an interrupted run
         argv = [
-            sys.executable,
-            "-m",
-            "hybrid.stack.child",
-            "hybrid.stack.edge_main",
-            "main",
-            "--redis-url",
-            str(self.redis_url),
-            "--zone",
-            zone,
-            "--keyring",
-            str(self.keyring),
-            "--models-dir",
-            str(self.models_dir),
-            "--verify-key",
-            str(self.verify_key),
+            *self._child_argv("hybrid.stack.edge_main", zone),
             "--state-dir",
             str(state),
             "--device-id",
