@@ -30,7 +30,7 @@ from benchmarks.peers import PEERS, PeerError, run_peer
 from benchmarks.report import machine, write_result
 from broker import keys
 from broker.client import Client
-from broker.codec import Codec
+from broker.codec import DEFAULT_LEVEL, Codec
 from broker.connection import connect
 from broker.consumer import Consumer
 from broker.embedded import EmbeddedRedis
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_version": server.version(),
                 **machine(),
                 "ours": f"submit_many appends {CHUNK} jobs per Lua call; one worker process reading {READ}/XREADGROUP; "
-                "results stored and acked by one Lua call per batch; AES-256-GCM + zstd-3, DEK reused ≤10k msgs",
+                "results stored and acked by one Lua call per batch; msgspec wire types; "
+                f"AES-256-GCM + zstd level {DEFAULT_LEVEL}, DEK reused ≤10k msgs",
             },
         }
     write_result(args.out, result)

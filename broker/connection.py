@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import redis
@@ -86,4 +87,62 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-__all__ = ["CLUSTER_SCHEMES", "MAX_BLOCK_MS", "TLS_ENV", "connect", "ensure_group", "redis_errors"]
+class Deferred:
+    """A command already sent whose reply is read later, so the caller can work while Redis does.
+
+    `send_deferred` sends on a connection of its own from the client's pool; `result()` reads the
+    reply and gives the connection back. Every `Deferred` must end in `result()` or `abandon()` (a
+    connection with an unread reply is closed, never reused)."""
+
+    def __init__(self, client: redis.Redis, args: tuple[Any, ...]) -> None:
+        self._pool: Any = None
+        self._conn: Any = None
+        self._fallback: tuple[redis.Redis, tuple[Any, ...]] | None = None
+        if type(client) is not redis.Redis:  # a cluster client routes by key: send when asked instead
+            self._fallback = (client, args)
+            return
+        self._pool = client.connection_pool
+        self._conn = self._pool.get_connection()
+        try:
+            self._conn.send_command(*args)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def result(self) -> Any:
+        if self._fallback is not None:
+            client, args = self._fallback
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        conn, self._conn = self._conn, None
+        if conn is None:
+            raise RuntimeError("this reply was already read or abandoned")
+        try:
+            return conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._pool.release(conn)
+
+    def abandon(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
+
+
+def send_deferred(client: redis.Redis, *args: Any) -> Deferred:
+    """Send one command now and read its reply later (`Deferred.result()`)."""
+    return Deferred(client, args)
+
+
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "MAX_BLOCK_MS",
+    "TLS_ENV",
+    "Deferred",
+    "connect",
+    "ensure_group",
+    "redis_errors",
+    "send_deferred",
+]

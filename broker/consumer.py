@@ -24,17 +24,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from broker import keys
 from broker.codec import unpack
-from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors
+from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
-from broker.message import Job, Sealer, now_ms
-from broker.scripts import COMPLETE, EXISTS_EACH
+from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, now_ms
+from broker.schema import JobHeader
+from broker.scripts import ACK_CHUNK, ACK_DELETE, COMPLETE, EXISTS_EACH
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,8 @@ Outcome = Mapping[str, Any] | BaseException
 Handler = Callable[[list[Job]], Sequence[Outcome]]
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One opened job as this consumer received it."""
+class Delivery(NamedTuple):
+    """One opened job as this consumer received it (immutable; a named tuple because one is made per job)."""
 
     stream: str
     entry_id: bytes
@@ -66,12 +66,41 @@ class ConsumerStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Raw:
     stream: str
     entry_id: bytes
     fields: Mapping[bytes, bytes] | None
     deliveries: int
+
+
+def _as_map(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Mapping[bytes, bytes] | None:
+    """An entry's fields from the flat list Redis sends (`h`, header, `b`, body in the usual case)."""
+    if not flat:
+        return None
+    if isinstance(flat, Mapping):
+        return flat
+    if len(flat) == 4:
+        return {flat[0]: flat[1], flat[2]: flat[3]}
+    return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+def _by_stream(resp: Any) -> list[tuple[Any, Any]]:
+    """(stream, entries) pairs from an XREADGROUP reply: a list of pairs (RESP2) or a map (RESP3)."""
+    if not resp:
+        return []
+    return list(resp.items()) if isinstance(resp, dict) else resp
+
+
+def _raw_replies(client: redis.Redis) -> redis.Redis:
+    """A view of `client` (same connections) whose XREADGROUP replies are not reshaped into per-entry
+    dicts by redis-py: the consumer reads two fields by position, which is cheaper. A cluster client
+    is returned as it is (`_as_map` and `_by_stream` read its parsed replies too)."""
+    if type(client) is not redis.Redis:
+        return client
+    view = redis.Redis(connection_pool=client.connection_pool)
+    view.set_response_callback("XREADGROUP", lambda response, **_: response)
+    return view
 
 
 class Consumer:
@@ -109,6 +138,9 @@ class Consumer:
         self.stats = ConsumerStats()
         self._complete = client.register_script(COMPLETE)
         self._exists_each = client.register_script(EXISTS_EACH)
+        self._ack_delete = client.register_script(ACK_DELETE)
+        self._reads = _raw_replies(client)
+        self._result_prefix = keys.result_prefix(zone)
         self._claim_cursor = dict.fromkeys(self.streams, "0-0")
         self._last_reclaim = float("-inf")
         self._groups_ready = False
@@ -148,11 +180,13 @@ class Consumer:
         return True
 
     def _read_new(self, streams: dict[str, str], count: int, block: int | None) -> list[_Raw]:
-        resp: Any = self.client.xreadgroup(keys.GROUP, self.name, streams, count=count, block=block)  # type: ignore[arg-type]
+        resp: Any = self._reads.xreadgroup(keys.GROUP, self.name, streams, count=count, block=block)  # type: ignore[arg-type]
         out: list[_Raw] = []
-        for stream, entries in resp or []:
+        for stream, entries in _by_stream(resp):
             s = stream.decode() if isinstance(stream, bytes) else str(stream)
-            out += [_Raw(s, eid, fields, 1) for eid, fields in entries]
+            if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], tuple):
+                entries = entries[0]  # redis-py's parsed RESP3 reply (a cluster client) nests one level more
+            out += [_Raw(s, eid, _as_map(fields), 1) for eid, fields in entries]
         self.stats.read += len(out)
         return out
 
@@ -179,27 +213,56 @@ class Consumer:
         return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
 
     def _open_all(self, raw: list[_Raw]) -> list[Delivery]:
+        """Open a read in two passes: every clear header first, then — while Redis answers whether
+        any of these jobs already has a result (the replay check, sent between the passes) — every
+        body. Bad messages are collected for the dead-letter stream; the rest of the read goes on."""
         received = now_ms()
-        opened: list[Delivery] = []
         rejected: list[Rejected] = []
         vanished: list[_Raw] = []
+        heads: list[tuple[_Raw, bytes, bytes, JobHeader]] = []
         for r in raw:
-            if not r.fields:  # deleted while pending (Redis 6.2 returns it with no fields): nothing to run
+            fields = r.fields
+            if not fields:  # deleted while pending (Redis 6.2 returns it with no fields): nothing to run
                 vanished.append(r)
                 continue
             try:
                 if r.deliveries > self.max_deliveries:
                     raise TooManyDeliveries(f"delivered {r.deliveries} times (limit {self.max_deliveries})")
-                job = self.sealer.open_job(self.zone, r.fields)
+                hb, body = fields.get(HEADER_FIELD), fields.get(BODY_FIELD)
+                if hb is None or body is None:
+                    self.sealer.open_job(self.zone, fields)  # raises, naming what is missing
+                    raise AssertionError("unreachable")  # pragma: no cover
+                heads.append((r, hb, body, self.sealer.open_header(self.zone, hb)))
             except MessageError as exc:
-                rejected.append(
-                    Rejected(r.stream, r.entry_id, r.fields, exc.reason, exc.detail, r.deliveries, _job_id_of(r))
-                )
-                continue
-            opened.append(Delivery(r.stream, r.entry_id, r.deliveries, received, job))
-        if opened:
-            opened = self._drop_replays(opened, {(r.stream, r.entry_id): r for r in raw}, rejected)
+                rejected.append(self._rejected(r, exc))
+        opened: list[Delivery] = []
+        if heads:
+            prefix = self._result_prefix  # job ids were checked by the header schema
+            result_keys = [prefix + h.job_id for _, _, _, h in heads]
+            check = send_deferred(self.client, "EVALSHA", self._exists_each.sha, len(result_keys), *result_keys)
+            try:
+                jobs: list[Job | None] = []
+                for r, hb, body, header in heads:
+                    try:
+                        jobs.append(self.sealer.open_body(header, hb, body))
+                    except MessageError as exc:
+                        jobs.append(None)
+                        rejected.append(self._rejected(r, exc))
+                try:
+                    had_result: list[int] = check.result()
+                except redis.exceptions.NoScriptError:  # a restarted Redis forgot it: load it and ask again
+                    had_result = self._exists_each(keys=result_keys)
+            finally:
+                check.abandon()  # closes the connection only if the reply was never read
+            candidates = [
+                (Delivery(r.stream, r.entry_id, r.deliveries, received, job), r, bool(had))
+                for (r, _, _, _), job, had in zip(heads, jobs, had_result, strict=True)
+                if job is not None
+            ]
+            opened = self._drop_replays(candidates, rejected)
         if rejected:
+            position = {(r.stream, r.entry_id): i for i, r in enumerate(raw)}
+            rejected.sort(key=lambda x: position[(x.stream, x.entry_id)])  # dead letters in stream order
             self.dead_letters.move(rejected, self.name)
             for x in rejected:
                 self.stats.dead_lettered[x.reason] += 1
@@ -211,22 +274,21 @@ class Consumer:
             pipe.execute()
         return opened
 
-    def _drop_replays(
-        self, opened: list[Delivery], raw: Mapping[tuple[str, bytes], _Raw], rejected: list[Rejected]
-    ) -> list[Delivery]:
+    def _rejected(self, r: _Raw, exc: MessageError) -> Rejected:
+        return Rejected(r.stream, r.entry_id, r.fields or {}, exc.reason, exc.detail, r.deliveries, _job_id_of(r))
+
+    def _drop_replays(self, candidates: list[tuple[Delivery, _Raw, bool]], rejected: list[Rejected]) -> list[Delivery]:
         """Jobs whose result already exists are not run again: a replayed message (an old entry added
         again under a new stream id — its header, job id included, is the AEAD's associated data, so it
         still opens) or a duplicate submission. They go to the dead-letter stream as `replayed`; the
         first result stays. (A result lives `result_ttl_s`; a replay after that runs again.)"""
-        done: Any = self._exists_each(keys=[keys.result_key(self.zone, d.job.job_id) for d in opened])
         keep: list[Delivery] = []
         first_of: dict[str, bytes] = {}  # job id → the entry that carries it in this read
-        for d, exists in zip(opened, done, strict=True):
+        for d, r, exists in candidates:
             twin = first_of.setdefault(d.job.job_id, d.entry_id)
             if not exists and twin == d.entry_id:
                 keep.append(d)
                 continue
-            r = raw[(d.stream, d.entry_id)]
             why = "already has a result" if exists else f"came twice in one read (first as entry {twin.decode()})"
             exc = ReplayedMessage(f"job {d.job.job_id} {why}; this copy (entry {d.entry_id.decode()}) was not run")
             rejected.append(
@@ -256,11 +318,9 @@ class Consumer:
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
         with redis_errors():
-            pipe = self.client.pipeline(transaction=False)
             for stream, ids in by_stream.items():
-                pipe.xack(stream, keys.GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            pipe.execute()
+                for i in range(0, len(ids), ACK_CHUNK):
+                    self._ack_delete(keys=[stream], args=[keys.GROUP, *ids[i : i + ACK_CHUNK]])
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> int:
         """Store each result (once per job id) and acknowledge its entry; returns results created."""

@@ -119,15 +119,14 @@ class Envelope:
         self.provider.check_usable(kid)  # a revoked KEK's data keys are not used, even from the cache
         now = time.monotonic()
         ck = (kid, wrapped)
-        with self._lock:
-            hit = self._opened.get(ck)
-            if hit is not None and now - hit[1] < self.policy.max_age_s * 2:
-                self._opened.move_to_end(ck)
-                return hit[0]
+        hit = self._opened.get(ck)  # a plain dict read is atomic; the lock guards insertion and eviction
+        if hit is not None and now - hit[1] < self.policy.max_age_s * 2:
+            return hit[0]
         aead = AESGCM(self.provider.unwrap(kid, wrapped))
         with self._lock:
             self._opened[ck] = (aead, now)
-            while len(self._opened) > self.policy.open_cache_size:
+            self._opened.move_to_end(ck)
+            while len(self._opened) > self.policy.open_cache_size:  # oldest unwrapped first
                 self._opened.popitem(last=False)
         return aead
 

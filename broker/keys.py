@@ -69,7 +69,12 @@ def dlq_stream(zone: str) -> str:
 
 
 def result_key(zone: str, job_id: str) -> str:
-    return f"{zone_prefix(zone)}:result:{check_name(job_id, 'job id')}"
+    return f"{result_prefix(zone)}{check_name(job_id, 'job id')}"
+
+
+def result_prefix(zone: str) -> str:
+    """`result_key(zone, job_id)` is this followed by the job id (for ids a schema already checked)."""
+    return f"{zone_prefix(zone)}:result:"
 
 
 def reply_stream(zone: str, name: str) -> str:
@@ -132,6 +137,7 @@ __all__ = [
     "ledger_workers",
     "reply_stream",
     "result_key",
+    "result_prefix",
     "spend",
     "worker_heartbeats",
     "zone_prefix",

@@ -38,6 +38,7 @@ class Producer:
         self.admission = admission
         self._grouped: set[str] = set()
         self._append = client.register_script(APPEND)
+        self._streams = {lane.value: keys.jobs_stream(self.zone, lane) for lane in keys.Lane}
 
     def _ensure_group(self, stream: str) -> None:
         if stream not in self._grouped:
@@ -58,10 +59,11 @@ class Producer:
             return self._submit_admitted(self.admission, list(specs))
         sealed: list[tuple[str, bytes, bytes]] = []
         ids: list[str] = []
+        streams = self._streams
         for spec in specs:
             header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
             ids.append(header.job_id)
-            sealed.append((keys.jobs_stream(self.zone, header.lane), hb, body))
+            sealed.append((streams[header.lane], hb, body))
         with redis_errors():
             for i in range(0, len(sealed), self.chunk):
                 self._send(sealed[i : i + self.chunk])
@@ -71,7 +73,7 @@ class Producer:
         entries: list[Entry] = []
         for spec in specs:
             header, hb, body = self.sealer.seal_job(self.zone, spec, self.reply_to)
-            entries.append(Entry(header.job_id, header.tenant, keys.jobs_stream(self.zone, header.lane), hb, body))
+            entries.append(Entry(header.job_id, header.tenant, self._streams[header.lane], hb, body))
         with redis_errors():
             for stream in {e.stream for e in entries}:
                 self._ensure_group(stream)

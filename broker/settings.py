@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from broker.codec import DEFAULT_LEVEL, MIN_LEVEL
 from broker.errors import ConfigError
 from broker.keyring import default_keyring_path
 from broker.keys import check_zone
@@ -32,7 +33,8 @@ class BrokerSettings(BaseSettings):
     )
     zone: str = "local"
     keyring: Path = Field(default_factory=default_keyring_path)
-    zstd_level: int = Field(default=3, ge=1, le=22)
+    # -1 is zstd's fast mode (the codec's default, see broker/codec.py); 1-22 trade CPU for size; 0 is refused
+    zstd_level: int = Field(default=DEFAULT_LEVEL, ge=MIN_LEVEL, le=22)
     zstd_dict_dir: Path | None = None  # trained dictionaries, one `<task>.zdict` file per task
     max_payload_bytes: int = Field(default=1 << 20, gt=0, le=64 << 20)
     dek_max_messages: int = Field(default=10_000, gt=0, le=1 << 32)
@@ -50,6 +52,13 @@ class BrokerSettings(BaseSettings):
     @classmethod
     def _zone(cls, v: str) -> str:
         return check_zone(v)
+
+    @field_validator("zstd_level")
+    @classmethod
+    def _level(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 is not a zstd level here: use -1 (fast, the default) or 1-22")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from broker.codec import Codec, pack, train_dictionary
+from broker.codec import Codec, pack, pack_fast, train_dictionary
 from broker.envelope import DataKeyCachePolicy, Envelope
 from broker.errors import (
     DecodeError,
@@ -23,8 +22,8 @@ from broker.errors import (
     ZoneMismatch,
 )
 from broker.keyring import LocalKeyring
-from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer, _payload
-from broker.schema import JobPayload
+from broker.message import BODY_FIELD, HEADER_FIELD, JobSpec, Sealer
+from broker.schema import JobHeader, JobPayload
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
@@ -201,21 +200,69 @@ def test_random_bytes_never_open(tmp_path: Path) -> None:
         max_size=3,
     )
 )
-def test_hand_payload_check_agrees_with_the_schema(obj: dict[str, object]) -> None:
-    """The worker checks payloads by hand for speed; it must accept exactly what `JobPayload` accepts."""
-    from broker.errors import DecodeError
+def test_payload_schema_accepts_exactly_the_documented_payloads(obj: dict[str, object]) -> None:
+    """docs/envelope.md: a payload is a map with `inputs` (required) and `options` (optional), both
+    maps with string keys, and nothing else. The msgspec schema must accept exactly that."""
+    import msgspec
 
+    def str_keyed_map(v: object) -> bool:
+        return isinstance(v, dict) and all(type(k) is str for k in v)
+
+    documented = (
+        set(obj) <= {"inputs", "options"} and str_keyed_map(obj.get("inputs")) and str_keyed_map(obj.get("options", {}))
+    )
     try:
-        JobPayload.model_validate(obj)
-        schema_ok = True
-    except ValidationError:
-        schema_ok = False
-    try:
-        _payload(obj)
-        hand_ok = True
+        decoded = Codec().decode_as(pack(obj), msgspec.msgpack.Decoder(JobPayload))
     except DecodeError:
-        hand_ok = False
-    assert hand_ok == schema_ok
+        assert not documented
+    else:
+        assert documented and decoded.inputs == obj["inputs"] and decoded.options == obj.get("options", {})
+
+
+@given(payloads)
+def test_fast_packer_writes_the_same_bytes_as_msgpack(obj: dict[str, object]) -> None:
+    assert pack_fast(obj) == pack(obj)
+
+
+HEADER = {
+    "v": 1, "job_id": "01J0000000000000000000000A", "tenant": "school-1", "zone": "bd-dhaka", "task": "grade",
+    "model": "m", "lane": "batch", "sensitivity": "personal", "kid": "bd-dhaka/v3", "created_ms": 1,
+    "deadline_ms": None, "reply_to": None, "attempt": 1, "trace_id": None,
+}  # fmt: skip
+BAD_HEADER_VALUES = {
+    "job_id": ["", "-starts-with-dash", "x" * 97, "has space", 7],
+    "tenant": ["", "t" * 65, b"bytes"],
+    "zone": ["Upper", "z" * 33, ""],
+    "task": ["", "t" * 65],
+    "model": ["", "m" * 129],
+    "lane": ["urgent"],
+    "sensitivity": ["secret"],
+    "kid": ["bd-dhaka", "bd-dhaka/vX", "x/v1234567890"],
+    "created_ms": [-1, 2**53, 1.5, True],
+    "deadline_ms": [-5, "soon"],
+    "reply_to": ["", "a b"],
+    "attempt": [0, 1001, True],
+    "trace_id": ["t" * 65],
+}
+
+
+@pytest.mark.parametrize(("name", "value"), [(k, v) for k, vs in BAD_HEADER_VALUES.items() for v in vs])
+def test_every_header_constraint_is_enforced(name: str, value: object) -> None:
+    import msgspec
+
+    decoder = msgspec.msgpack.Decoder(JobHeader)
+    assert decoder.decode(pack(HEADER)).zone == "bd-dhaka"
+    with pytest.raises(msgspec.ValidationError, match=rf"\$\.{name}"):
+        decoder.decode(pack({**HEADER, name: value}))
+
+
+@pytest.mark.parametrize("change", [{"extra": 1}, {"v": None}])
+def test_header_without_a_known_shape_is_refused(change: dict[str, object]) -> None:
+    import msgspec
+
+    header = {k: v for k, v in {**HEADER, **change}.items() if v is not None or k != "v"}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.Decoder(JobHeader).decode(pack(header))
 
 
 def test_small_payloads_stay_plain_msgpack_and_both_forms_read() -> None:
