@@ -8,7 +8,9 @@ failure stops the replay, so order is kept and nothing is skipped. The outbox is
 and bytes: a `put` over either limit raises `OutboxFull` and stores nothing.
 
 The same file keeps a small job log (job id → task, zone, state, times) so `/v1/jobs/{id}` can answer
-after a restart: `queued` (in the outbox), `submitted`, `done`/`failed` (result fetched).
+after a restart: `queued` (in the outbox), `submitted`, `done`/`failed` (result fetched). Entries not
+`queued` and untouched for `job_log_retention_s` (3 days: results live 24 h in Redis) are pruned —
+when the outbox opens and then at most hourly as jobs are recorded — so a device's log stays small.
 """
 
 from __future__ import annotations
@@ -66,13 +68,27 @@ class JobRecord:
     meta: dict[str, Any]
 
 
+JOB_LOG_RETENTION_S = 3 * 24 * 3600
+PRUNE_EVERY_MS = 3600 * 1000
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Outbox:
-    def __init__(self, path: Path | str, *, max_items: int = 10_000, max_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_items: int = 10_000,
+        max_bytes: int = 64 << 20,
+        job_log_retention_s: float = JOB_LOG_RETENTION_S,
+    ) -> None:
+        if job_log_retention_s <= 0:
+            raise ValueError(f"job_log_retention_s must be positive, got {job_log_retention_s}")
         self.path = Path(path)
+        self.job_log_retention_s = job_log_retention_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -89,8 +105,11 @@ class Outbox:
             CREATE TABLE IF NOT EXISTS jobs (
                 job_id TEXT PRIMARY KEY, task TEXT NOT NULL, zone TEXT NOT NULL, state TEXT NOT NULL,
                 created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, meta BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (updated_ms);
             """
         )
+        self._pruned_ms = 0
+        self.prune_jobs()
 
     # -- the queue --------------------------------------------------------------------------------
 
@@ -167,6 +186,22 @@ class Outbox:
                 " updated_ms=excluded.updated_ms, meta=excluded.meta",
                 (job_id, task, zone, state, now, now, packed),
             )
+        if now - self._pruned_ms >= PRUNE_EVERY_MS:
+            self.prune_jobs()
+
+    def prune_jobs(self, older_than_s: float | None = None) -> int:
+        """Forget job-log entries not `queued` whose last change is older than `older_than_s`
+        (default `job_log_retention_s`); returns how many. Queued jobs stay while they are in the outbox."""
+        now = _now_ms()
+        cutoff = now - int((self.job_log_retention_s if older_than_s is None else older_than_s) * 1000)
+        with self._lock:
+            cur = self._db.execute("DELETE FROM jobs WHERE state != 'queued' AND updated_ms < ?", (cutoff,))
+            self._pruned_ms = now
+        return int(cur.rowcount)
+
+    def job_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def set_state(self, job_id: str, state: str) -> None:
         with self._lock:
@@ -186,4 +221,4 @@ class Outbox:
             self._db.close()
 
 
-__all__ = ["JobRecord", "Outbox", "OutboxFull", "OutboxItem"]
+__all__ = ["JOB_LOG_RETENTION_S", "JobRecord", "Outbox", "OutboxFull", "OutboxItem"]

@@ -83,3 +83,37 @@ def test_nothing_lost_when_the_process_is_killed(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9 and "stored" in proc.stdout
     assert [i.job_id for i in Outbox(path).peek(100)] == [f"k{i}" for i in range(50)]
+
+
+def _age(box: Outbox, job_id: str, days: float) -> None:
+    """Pretend `job_id` was last touched `days` ago (the log's clock is the wall clock)."""
+    box._db.execute("UPDATE jobs SET updated_ms = updated_ms - ? WHERE job_id = ?", (int(days * 86_400_000), job_id))
+
+
+def test_old_finished_jobs_are_pruned_and_queued_ones_kept(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", job_log_retention_s=2 * 86_400)
+    for job_id, state in [("old-done", "done"), ("old-failed", "failed"), ("old-submitted", "submitted"),
+                          ("old-queued", "queued"), ("new-done", "done")]:  # fmt: skip
+        box.record_job(job_id, "classify", "z", state)
+    for job_id in ("old-done", "old-failed", "old-submitted", "old-queued"):
+        _age(box, job_id, 3)
+    assert box.prune_jobs() == 3
+    assert box.job("old-done") is None and box.job("old-failed") is None and box.job("old-submitted") is None
+    assert box.job("old-queued") is not None and box.job("new-done") is not None  # still in the outbox / recent
+    assert box.job_count() == 2
+    box.close()
+
+
+def test_the_log_is_pruned_when_the_outbox_opens(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.record_job("ancient", "grade", "z", "done")
+    _age(box, "ancient", 30)
+    box.close()
+    reopened = Outbox(tmp_path / "o.db")
+    assert reopened.job("ancient") is None and reopened.job_count() == 0
+    reopened.close()
+
+
+def test_retention_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="job_log_retention_s"):
+        Outbox(tmp_path / "o.db", job_log_retention_s=0)
