@@ -1,0 +1,42 @@
+"""`send_deferred`: a command sent now, its reply read later, on a connection nobody else uses meanwhile."""
+
+from __future__ import annotations
+
+import redis
+
+from broker.connection import send_deferred
+
+
+def test_a_deferred_reply_is_the_reply_of_its_own_command(r: redis.Redis, zone: str) -> None:
+    key = f"test:{zone}:deferred"
+    r.set(key, b"first")
+    pending = send_deferred(r, "GET", key)
+    r.set(key, b"second")  # another command on the same client in between takes another connection
+    assert pending.result() == b"first"
+    assert r.get(key) == b"second"
+
+
+def test_an_abandoned_reply_never_reaches_a_later_command(r: redis.Redis, zone: str) -> None:
+    key = f"test:{zone}:abandoned"
+    r.set(key, b"value")
+    before = len(r.connection_pool._available_connections)  # type: ignore[attr-defined]
+    pending = send_deferred(r, "GET", key)
+    pending.abandon()  # the reply is never read: its connection is closed, not handed out with it
+    for _ in range(5):
+        assert r.ping() is True
+        assert r.incr(f"{key}:n") >= 1
+    assert r.get(key) == b"value"
+    assert len(r.connection_pool._available_connections) >= before  # type: ignore[attr-defined]
+
+
+def test_an_error_reply_is_raised_when_read(r: redis.Redis, zone: str) -> None:
+    key = f"test:{zone}:not-a-list"
+    r.set(key, b"x")
+    pending = send_deferred(r, "LPUSH", key, b"y")
+    try:
+        pending.result()
+    except redis.ResponseError as exc:
+        assert "WRONGTYPE" in str(exc)
+    else:
+        raise AssertionError("a command on the wrong type must fail")
+    assert r.get(key) == b"x"
