@@ -33,7 +33,7 @@ from broker.codec import unpack
 from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
-from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, now_ms
+from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
 from broker.schema import JobHeader
 from broker.scripts import ACK_CHUNK, ACK_DELETE, COMPLETE, EXISTS_EACH
 
@@ -230,8 +230,7 @@ class Consumer:
                     raise TooManyDeliveries(f"delivered {r.deliveries} times (limit {self.max_deliveries})")
                 hb, body = fields.get(HEADER_FIELD), fields.get(BODY_FIELD)
                 if hb is None or body is None:
-                    self.sealer.open_job(self.zone, fields)  # raises, naming what is missing
-                    raise AssertionError("unreachable")  # pragma: no cover
+                    hb, body = entry_fields(fields)  # raises, naming the fields the entry has
                 heads.append((r, hb, body, self.sealer.open_header(self.zone, hb)))
             except MessageError as exc:
                 rejected.append(self._rejected(r, exc))

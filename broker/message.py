@@ -161,16 +161,12 @@ class Sealer:
 
     def open_job(self, zone: str, entry: Mapping[bytes, bytes]) -> Job:
         """Open one stream entry of `zone`'s job streams; raises a `MessageError` on any defect."""
-        header_bytes, body = _fields(entry)
+        header_bytes, body = entry_fields(entry)
         return self.open_fields(zone, header_bytes, body)
 
     def open_fields(self, zone: str, header_bytes: bytes, body: bytes) -> Job:
         """`open_job` for an entry's two fields, already taken apart."""
         return self.open_body(self.open_header(zone, header_bytes), header_bytes, body)
-
-    def open_header(self, zone: str, header_bytes: bytes) -> JobHeader:
-        """The first half of `open_fields`: the clear header, checked (no key needed)."""
-        return self._job_header(zone, header_bytes)
 
     def open_body(self, header: JobHeader, header_bytes: bytes, body: bytes) -> Job:
         """The second half of `open_fields`: decrypt and decode the body under its checked header."""
@@ -181,9 +177,10 @@ class Sealer:
 
     def read_job_header(self, zone: str, entry: Mapping[bytes, bytes]) -> JobHeader:
         """Validate the clear header only (no key needed): schema version, fields, zone."""
-        return self._job_header(zone, _fields(entry)[0])
+        return self.open_header(zone, entry_fields(entry)[0])
 
-    def _job_header(self, zone: str, raw: bytes) -> JobHeader:
+    def open_header(self, zone: str, raw: bytes) -> JobHeader:
+        """The first half of `open_fields`: the clear header, checked (no key needed)."""
         if len(raw) > MAX_HEADER_BYTES:
             raise OversizedMessage(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}")
         try:
@@ -248,7 +245,8 @@ class Sealer:
         )
 
 
-def _fields(entry: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
+def entry_fields(entry: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The `h` and `b` fields of a stream entry; `MalformedMessage`, naming what it has, if either is missing."""
     header_bytes, body = entry.get(HEADER_FIELD), entry.get(BODY_FIELD)
     if header_bytes is None or body is None:
         raise MalformedMessage(
@@ -257,4 +255,4 @@ def _fields(entry: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
     return header_bytes, body
 
 
-__all__ = ["BODY_FIELD", "HEADER_FIELD", "Job", "JobSpec", "Payload", "Sealer", "new_job_id", "now_ms"]
+__all__ = ["BODY_FIELD", "HEADER_FIELD", "Job", "JobSpec", "Payload", "Sealer", "entry_fields", "new_job_id", "now_ms"]
