@@ -415,7 +415,7 @@ class EdgeAgent:
         elif mode == "async" or wire != "submitted":
             out.update(provisional=True, job_id=job_id, status="queued" if wire == "queued" else "pending")
         else:
-            self._await(job_id, follow.zone or "", out, keep_local=True)
+            self._await(job_id, follow.zone or "", out, keep_local=True, transform=follow.transform.value)
 
     def _cloud(
         self, req: EdgeRequest, decision: Decision, spans: list[Span] | None, mode: str, out: dict[str, Any]
@@ -613,7 +613,9 @@ class EdgeAgent:
 
     # -- results ----------------------------------------------------------------------------------
 
-    def _await(self, job_id: str, zone: str, out: dict[str, Any], *, keep_local: bool) -> None:
+    def _await(
+        self, job_id: str, zone: str, out: dict[str, Any], *, keep_local: bool, transform: str = Transform.RAW.value
+    ) -> None:
         try:
             result = self._client(zone).result(job_id, timeout=self.config.cloud_wait_s)
         except (HybridError, redis.RedisError) as exc:
@@ -624,9 +626,12 @@ class EdgeAgent:
             return
         self.outbox.set_state(job_id, "done" if result.ok else "failed")
         doc = self._result_doc(result)
+        answer = doc["output"]
         if keep_local:
-            out.update(route="cloud", local_result=out.get("result"))
-        out.update(job_id=job_id, status="done" if result.ok else "error", result=doc["output"], provisional=False)
+            local = out.get("result")
+            answer, answered_by = refine(local, doc["output"], transform)
+            out.update(route="cloud", local_result=local, cloud_result=doc["output"], answered_by=answered_by)
+        out.update(job_id=job_id, status="done" if result.ok else "error", result=answer, provisional=False)
         if not result.ok:
             out["error"] = doc["error"]
 
@@ -664,7 +669,11 @@ class EdgeAgent:
         if rec.state == "submitted":
             self.outbox.set_state(job_id, "done" if result.ok else "failed")
         d = self._result_doc(result)
-        doc.update(status="done" if result.ok else "failed", result=d["output"], error=d["error"], worker=d["worker"])
+        answer = d["output"]
+        if "local" in rec.meta and result.ok:  # a cascade: the device answered first
+            answer, answered_by = refine(rec.meta["local"], d["output"], str(rec.meta.get("transform", "raw")))
+            doc.update(cloud_result=d["output"], answered_by=answered_by)
+        doc.update(status="done" if result.ok else "failed", result=answer, error=d["error"], worker=d["worker"])
         return doc
 
     # -- the outbox -------------------------------------------------------------------------------
@@ -743,6 +752,26 @@ def _decision_doc(decision: Decision, follow: Decision | None = None) -> dict[st
     return doc
 
 
+def refine(local: Any, cloud: Any, transform: str) -> tuple[Any, str]:
+    """The answer a cascade ends with, and who gave it ("cloud" or "local").
+
+    A cascade asks the cloud to refine a low-confidence local answer, and its answer normally wins.
+    But when the question left the device only as an embedding (`personal` data: the cloud's head
+    saw less than the device's classifier, which read the text), the cloud's answer replaces the
+    device's only if it is the more confident of the two. The pilot measured why: on questions with
+    PII the embedding head was right 58 % of the time against 89 % for the device alone."""
+    if (
+        transform == Transform.EMBED.value
+        and isinstance(local, Mapping)
+        and isinstance(cloud, Mapping)
+        and isinstance(local.get("confidence"), int | float)
+        and isinstance(cloud.get("confidence"), int | float)
+        and cloud["confidence"] < local["confidence"]
+    ):
+        return local, "local"
+    return cloud, "cloud"
+
+
 __all__ = [
     "LOCAL_TASKS",
     "AgentConfig",
@@ -751,4 +780,5 @@ __all__ = [
     "EdgeAgent",
     "EdgeRequest",
     "ServiceUnavailable",
+    "refine",
 ]

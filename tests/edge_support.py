@@ -40,6 +40,7 @@ class CloudWorker:
     """What the GPU side would do, in a thread: open jobs, record what arrived, answer."""
 
     seen: list[Job] = field(default_factory=list)
+    embedding_confidence: float | None = None  # None: the embedding head's answers carry no confidence
 
     def handle(self, jobs: list[Job]) -> Sequence[Outcome]:
         out: list[Outcome] = []
@@ -49,13 +50,18 @@ class CloudWorker:
             if "text" in inputs:
                 out.append({"label": "cloud:" + job.header.task, "echo": inputs["text"], "model": job.header.model})
             else:
-                out.append({"label": "cloud-from-embedding", "dim": inputs.get("dim"), "model": job.header.model})
+                answer = {"label": "cloud-from-embedding", "dim": inputs.get("dim"), "model": job.header.model}
+                if self.embedding_confidence is not None:
+                    answer["confidence"] = self.embedding_confidence
+                out.append(answer)
         return out
 
 
 @contextmanager
-def cloud_worker(client: redis.Redis, sealer: Sealer, zone: str) -> Iterator[CloudWorker]:
-    worker = CloudWorker()
+def cloud_worker(
+    client: redis.Redis, sealer: Sealer, zone: str, *, embedding_confidence: float | None = None
+) -> Iterator[CloudWorker]:
+    worker = CloudWorker(embedding_confidence=embedding_confidence)
     consumer = Consumer(client, sealer, zone, "gpu-test", block_ms=50)
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(worker.handle,), kwargs={"stop": stop}, daemon=True)

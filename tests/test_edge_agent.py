@@ -14,7 +14,7 @@ from broker.embedded import EmbeddedRedis
 from broker.keys import jobs_stream
 from broker.ledger import CostBreaker, Ledger
 from broker.message import Sealer
-from edge_agent.agent import BadRequest, EdgeRequest, ServiceUnavailable
+from edge_agent.agent import BadRequest, EdgeRequest, ServiceUnavailable, refine
 from tests import edge_support
 from tests.edge_support import (
     closed_port_url,
@@ -260,3 +260,33 @@ def test_a_zone_without_a_key_on_the_device_falls_back(
     with pytest.raises(ServiceUnavailable, match="no local model"):
         agent.handle(EdgeRequest(text="essay", task="essay-grading"))  # async, but nothing can seal it
     assert agent.breaker_state() is State.CLOSED and len(agent.outbox) == 0
+
+
+@pytest.mark.parametrize(("cloud_confidence", "answered_by"), [(0.0, "local"), (1.0, "cloud")])
+def test_a_cascade_from_an_embedding_keeps_the_more_confident_answer(
+    edge_models: Any, zone: str, tmp_path: Path, r: redis.Redis, redis_server: EmbeddedRedis, sealer: Sealer,
+    cloud_confidence: float, answered_by: str,
+) -> None:  # fmt: skip
+    """The cloud's head saw only an embedding of a question with PII: it replaces the device's answer
+    only when it is more confident (`edge_agent.agent.refine`)."""
+    policy = policy_for_zone(zone, question_classification=1.01)  # every local answer cascades
+    agent = make_agent(edge_models, zone, tmp_path, sealer=sealer, redis_url=redis_server.url, policy=policy)
+    with cloud_worker(r, sealer, zone, embedding_confidence=cloud_confidence):
+        out = agent.handle(EdgeRequest(text="Karim asks: " + QUESTION, task="question-classification"))
+        assert out["decision"]["then"]["transform"] == "embed" and out["status"] == "provisional"
+        local = out["result"]
+        wait_for(lambda: (agent.job(out["job_id"]) or {}).get("status") == "done", what="the cloud result")
+        job = agent.job(out["job_id"])
+    assert job is not None and job["answered_by"] == answered_by
+    assert job["local_result"] == local and job["cloud_result"]["label"] == "cloud-from-embedding"
+    assert job["result"] == (local if answered_by == "local" else job["cloud_result"])
+
+
+def test_refine_trusts_the_cloud_unless_it_saw_only_an_embedding_and_is_less_sure() -> None:
+    local, cloud = {"label": "math", "confidence": 0.6}, {"label": "science", "confidence": 0.4}
+    assert refine(local, cloud, "embed") == (local, "local")
+    assert refine(local, {**cloud, "confidence": 0.9}, "embed") == ({**cloud, "confidence": 0.9}, "cloud")
+    assert refine(local, cloud, "tokenize") == (cloud, "cloud")  # the cloud read the (tokenized) text
+    assert refine(local, cloud, "raw") == (cloud, "cloud")
+    assert refine(local, {"label": "science"}, "embed") == ({"label": "science"}, "cloud")  # nothing to compare
+    assert refine(None, cloud, "embed") == (cloud, "cloud")

@@ -450,8 +450,9 @@ def markdown(r: dict[str, Any], plots: list[str], base: Path) -> str:
         f"Accuracy by route — hybrid: {h['accuracy_by_route']}; always-cloud: {c['accuracy_by_route']}. "
         f"By input — hybrid: {h['accuracy_by_input']}; always-cloud: {c['accuracy_by_input']}. Questions with PII "
         "reach the cloud as an embedding only (the policy's `personal` → embed), and the cloud's embedding head is "
-        "weaker than the device's classifier that reads the text: a cascade of such a question replaces a good "
-        "local answer by a weaker one.",
+        "weaker than the device's classifier that reads the text. After such a cascade the device keeps its answer "
+        "when the cloud is less confident (`edge_agent.agent.refine`); cascades happen when the device is unsure, "
+        "so the cloud is usually the more confident one, right or not.",
         "",
         "## Targets",
         "",
