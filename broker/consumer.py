@@ -33,7 +33,7 @@ from broker.codec import unpack
 from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
-from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
+from broker.message import Job, Sealer, entry_fields, now_ms
 from broker.schema import JobHeader
 from broker.scripts import ACK_CHUNK, ACK_DELETE, COMPLETE, EXISTS_EACH
 
@@ -228,9 +228,7 @@ class Consumer:
             try:
                 if r.deliveries > self.max_deliveries:
                     raise TooManyDeliveries(f"delivered {r.deliveries} times (limit {self.max_deliveries})")
-                hb, body = fields.get(HEADER_FIELD), fields.get(BODY_FIELD)
-                if hb is None or body is None:
-                    hb, body = entry_fields(fields)  # raises, naming the fields the entry has
+                hb, body = entry_fields(fields)  # raises, naming the fields the entry has, if h or b is missing
                 heads.append((r, hb, body, self.sealer.open_header(self.zone, hb)))
             except MessageError as exc:
                 rejected.append(self._rejected(r, exc))

@@ -69,9 +69,6 @@ class JobSpec:
     attempt: int = 1
 
 
-Payload = JobPayload
-"""An opened job payload (`inputs`, `options`)."""
-
 _JOB_HEADER = msgspec.msgpack.Decoder(JobHeader)
 _JOB_PAYLOAD = msgspec.msgpack.Decoder(JobPayload)
 _RESULT_HEADER = msgspec.msgpack.Decoder(ResultHeader)
@@ -162,14 +159,10 @@ class Sealer:
     def open_job(self, zone: str, entry: Mapping[bytes, bytes]) -> Job:
         """Open one stream entry of `zone`'s job streams; raises a `MessageError` on any defect."""
         header_bytes, body = entry_fields(entry)
-        return self.open_fields(zone, header_bytes, body)
-
-    def open_fields(self, zone: str, header_bytes: bytes, body: bytes) -> Job:
-        """`open_job` for an entry's two fields, already taken apart."""
         return self.open_body(self.open_header(zone, header_bytes), header_bytes, body)
 
     def open_body(self, header: JobHeader, header_bytes: bytes, body: bytes) -> Job:
-        """The second half of `open_fields`: decrypt and decode the body under its checked header."""
+        """The second half of `open_job`: decrypt and decode the body under its checked header."""
         if len(body) > self.max_body_bytes:
             raise OversizedMessage(f"body is {len(body)} bytes, over the limit of {self.max_body_bytes}")
         plaintext = self.envelope.open(header.kid, header_bytes, body)
@@ -180,7 +173,7 @@ class Sealer:
         return self.open_header(zone, entry_fields(entry)[0])
 
     def open_header(self, zone: str, raw: bytes) -> JobHeader:
-        """The first half of `open_fields`: the clear header, checked (no key needed)."""
+        """The first half of `open_job`: the clear header, checked (no key needed)."""
         if len(raw) > MAX_HEADER_BYTES:
             raise OversizedMessage(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}")
         try:
@@ -255,4 +248,4 @@ def entry_fields(entry: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
     return header_bytes, body
 
 
-__all__ = ["BODY_FIELD", "HEADER_FIELD", "Job", "JobSpec", "Payload", "Sealer", "entry_fields", "new_job_id", "now_ms"]
+__all__ = ["BODY_FIELD", "HEADER_FIELD", "Job", "JobSpec", "Sealer", "entry_fields", "new_job_id", "now_ms"]

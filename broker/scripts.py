@@ -171,28 +171,6 @@ for i, k in ipairs(KEYS) do out[i] = redis.call('EXISTS', k) end
 return out
 """
 
-# Read new entries from a zone's lanes in priority order, in one call: up to `count` in all, the first
-# lane first, the next lane only for what is left (so interactive jobs are always served first).
-# Non-blocking; an idle consumer blocks with a plain XREADGROUP instead.
-# KEYS: the lane streams, highest priority first   ARGV: group, consumer, count
-# Returns, per lane, its entries as XREADGROUP gives them: {entry_id, {field, value, ...}}.
-READ_LANES = """
-local group, consumer, want = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local out = {}
-for i, stream in ipairs(KEYS) do
-  local got = {}
-  if want > 0 then
-    local resp = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', stream, '>')
-    if resp then
-      got = resp[1][2]
-      want = want - #got
-    end
-  end
-  out[i] = got
-end
-return out
-"""
-
 # Acknowledge entries and delete them from their job stream (acknowledged entries never stay, so a
 # stream's length is its backlog plus what is pending). Each id is sent once instead of twice.
 # KEYS[1]: job stream   ARGV: group, then the entry ids (at most ACK_CHUNK)
@@ -203,4 +181,4 @@ return redis.call('XDEL', KEYS[1], unpack(ids))
 """
 ACK_CHUNK = 1000  # well under Lua's limit on unpacked values
 
-__all__ = ["ACK_CHUNK", "ACK_DELETE", "ADMIT", "APPEND", "COMPLETE", "EXISTS_EACH", "READ_LANES", "REPLAY"]
+__all__ = ["ACK_CHUNK", "ACK_DELETE", "ADMIT", "APPEND", "COMPLETE", "EXISTS_EACH", "REPLAY"]
