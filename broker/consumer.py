@@ -33,7 +33,7 @@ from broker.codec import unpack
 from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
-from broker.message import Job, Sealer, entry_fields, now_ms
+from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
 from broker.schema import JobHeader
 from broker.scripts import ACK_CHUNK, ACK_DELETE, COMPLETE, EXISTS_EACH
 
@@ -66,23 +66,33 @@ class ConsumerStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(slots=True)
-class _Raw:
+class _Chunk(NamedTuple):
+    """The entries of one stream as a read returned them (`[entry_id, fields]` pairs), with the
+    delivery count of each reclaimed entry (`None` for a fresh read: every entry is on its first)."""
+
     stream: str
-    entry_id: bytes
-    fields: Mapping[bytes, bytes] | None
-    deliveries: int
+    entries: Sequence[Any]
+    deliveries: Mapping[bytes, int] | None = None
 
 
-def _as_map(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Mapping[bytes, bytes] | None:
+_Head = tuple[str, bytes, int, Any, bytes, bytes, JobHeader]
+"""One entry whose clear header was checked: stream, entry id, deliveries, its fields as read, h, b, header."""
+
+
+def _as_map(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Mapping[bytes, bytes]:
     """An entry's fields from the flat list Redis sends (`h`, header, `b`, body in the usual case)."""
     if not flat:
-        return None
+        return {}
     if isinstance(flat, Mapping):
         return flat
-    if len(flat) == 4:
-        return {flat[0]: flat[1], flat[2]: flat[3]}
     return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+def _header_and_body(flat: Sequence[bytes] | Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
+    """An entry's `h` and `b`; the usual flat `[h, header, b, body]` is read by position."""
+    if type(flat) is list and len(flat) == 4 and flat[0] == HEADER_FIELD and flat[2] == BODY_FIELD:
+        return flat[1], flat[3]
+    return entry_fields(_as_map(flat))  # raises, naming the fields the entry has, if h or b is missing
 
 
 def _by_stream(resp: Any) -> list[tuple[Any, Any]]:
@@ -163,14 +173,17 @@ class Consumer:
         count = count or self.count
         block_ms = self.block_ms if block_ms is None else block_ms
         with redis_errors():
-            raw = self._reclaim(count) if self._reclaim_due() else []
+            chunks = self._reclaim(count) if self._reclaim_due() else []
+            got = sum(len(c.entries) for c in chunks)
             for stream in self.streams:
-                if len(raw) >= count:
+                if got >= count:
                     break
-                raw += self._read_new({stream: ">"}, count - len(raw), None)
-            if not raw and block_ms > 0:
-                raw = self._read_new(dict.fromkeys(self.streams, ">"), count, min(block_ms, MAX_BLOCK_MS))
-            return self._open_all(raw)
+                new = self._read_new({stream: ">"}, count - got, None)
+                got += sum(len(c.entries) for c in new)
+                chunks += new
+            if not got and block_ms > 0:
+                chunks = self._read_new(dict.fromkeys(self.streams, ">"), count, min(block_ms, MAX_BLOCK_MS))
+            return self._open_all(chunks) if chunks else []
 
     def _reclaim_due(self) -> bool:
         now = time.monotonic()
@@ -179,32 +192,34 @@ class Consumer:
         self._last_reclaim = now
         return True
 
-    def _read_new(self, streams: dict[str, str], count: int, block: int | None) -> list[_Raw]:
+    def _read_new(self, streams: dict[str, str], count: int, block: int | None) -> list[_Chunk]:
         resp: Any = self._reads.xreadgroup(keys.GROUP, self.name, streams, count=count, block=block)  # type: ignore[arg-type]
-        out: list[_Raw] = []
+        out: list[_Chunk] = []
         for stream, entries in _by_stream(resp):
-            s = stream.decode() if isinstance(stream, bytes) else str(stream)
-            if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], tuple):
+            if not entries:
+                continue
+            if isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], tuple):
                 entries = entries[0]  # redis-py's parsed RESP3 reply (a cluster client) nests one level more
-            out += [_Raw(s, eid, _as_map(fields), 1) for eid, fields in entries]
-        self.stats.read += len(out)
+            out.append(_Chunk(stream.decode() if isinstance(stream, bytes) else str(stream), entries))
+            self.stats.read += len(entries)
         return out
 
-    def _reclaim(self, count: int) -> list[_Raw]:
-        out: list[_Raw] = []
+    def _reclaim(self, count: int) -> list[_Chunk]:
+        out: list[_Chunk] = []
+        got = 0
         for stream in self.streams:
-            if len(out) >= count:
+            if got >= count:
                 break
             resp = self.client.xautoclaim(
-                stream, keys.GROUP, self.name, self.min_idle_ms, self._claim_cursor[stream], count=count - len(out)
+                stream, keys.GROUP, self.name, self.min_idle_ms, self._claim_cursor[stream], count=count - got
             )
             cursor, entries = resp[0], resp[1]
             self._claim_cursor[stream] = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
             if not entries:
                 continue
-            counts = self._delivery_counts(stream, [eid for eid, _ in entries])
-            out += [_Raw(stream, eid, fields, counts.get(eid, 1)) for eid, fields in entries]
-        self.stats.reclaimed += len(out)
+            out.append(_Chunk(stream, entries, self._delivery_counts(stream, [eid for eid, _ in entries])))
+            got += len(entries)
+        self.stats.reclaimed += got
         return out
 
     def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
@@ -212,53 +227,51 @@ class Consumer:
         wanted = set(ids)
         return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
 
-    def _open_all(self, raw: list[_Raw]) -> list[Delivery]:
+    def _open_all(self, chunks: list[_Chunk]) -> list[Delivery]:
         """Open a read in two passes: every clear header first, then — while Redis answers whether
         any of these jobs already has a result (the replay check, sent between the passes) — every
         body. Bad messages are collected for the dead-letter stream; the rest of the read goes on."""
         received = now_ms()
+        zone, open_header, most = self.zone, self.sealer.open_header, self.max_deliveries
         rejected: list[Rejected] = []
-        vanished: list[_Raw] = []
-        heads: list[tuple[_Raw, bytes, bytes, JobHeader]] = []
-        for r in raw:
-            fields = r.fields
-            if not fields:  # deleted while pending (Redis 6.2 returns it with no fields): nothing to run
-                vanished.append(r)
-                continue
-            try:
-                if r.deliveries > self.max_deliveries:
-                    raise TooManyDeliveries(f"delivered {r.deliveries} times (limit {self.max_deliveries})")
-                hb, body = entry_fields(fields)  # raises, naming the fields the entry has, if h or b is missing
-                heads.append((r, hb, body, self.sealer.open_header(self.zone, hb)))
-            except MessageError as exc:
-                rejected.append(self._rejected(r, exc))
+        vanished: list[tuple[str, bytes]] = []
+        heads: list[_Head] = []
+        for stream, entries, counts in chunks:
+            for entry_id, flat in entries:
+                deliveries = counts.get(entry_id, 1) if counts else 1
+                if not flat:  # deleted while pending (Redis 6.2 returns it with no fields): nothing to run
+                    vanished.append((stream, entry_id))
+                    continue
+                try:
+                    if deliveries > most:
+                        raise TooManyDeliveries(f"delivered {deliveries} times (limit {most})")
+                    hb, body = _header_and_body(flat)
+                    heads.append((stream, entry_id, deliveries, flat, hb, body, open_header(zone, hb)))
+                except MessageError as exc:
+                    rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
         opened: list[Delivery] = []
         if heads:
             prefix = self._result_prefix  # job ids were checked by the header schema
-            result_keys = [prefix + h.job_id for _, _, _, h in heads]
+            result_keys = [prefix + h[6].job_id for h in heads]
             check = send_deferred(self.client, "EVALSHA", self._exists_each.sha, len(result_keys), *result_keys)
             try:
+                open_body = self.sealer.body_opener()
                 jobs: list[Job | None] = []
-                for r, hb, body, header in heads:
+                for stream, entry_id, deliveries, flat, hb, body, header in heads:
                     try:
-                        jobs.append(self.sealer.open_body(header, hb, body))
+                        jobs.append(open_body(header, hb, body))
                     except MessageError as exc:
                         jobs.append(None)
-                        rejected.append(self._rejected(r, exc))
+                        rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
                 try:
                     had_result: list[int] = check.result()
                 except redis.exceptions.NoScriptError:  # a restarted Redis forgot it: load it and ask again
                     had_result = self._exists_each(keys=result_keys)
             finally:
                 check.abandon()  # closes the connection only if the reply was never read
-            candidates = [
-                (Delivery(r.stream, r.entry_id, r.deliveries, received, job), r, bool(had))
-                for (r, _, _, _), job, had in zip(heads, jobs, had_result, strict=True)
-                if job is not None
-            ]
-            opened = self._drop_replays(candidates, rejected)
+            opened = self._drop_replays(heads, jobs, had_result, received, rejected)
         if rejected:
-            position = {(r.stream, r.entry_id): i for i, r in enumerate(raw)}
+            position = {(c.stream, e[0]): i for i, (c, e) in enumerate((c, e) for c in chunks for e in c.entries)}
             rejected.sort(key=lambda x: position[(x.stream, x.entry_id)])  # dead letters in stream order
             self.dead_letters.move(rejected, self.name)
             for x in rejected:
@@ -266,31 +279,36 @@ class Consumer:
                 log.warning("dead-lettered %s from %s: %s (%s)", x.entry_id.decode(), x.stream, x.reason, x.detail)
         if vanished:
             pipe = self.client.pipeline(transaction=False)
-            for r in vanished:
-                pipe.xack(r.stream, keys.GROUP, r.entry_id)
+            for stream, entry_id in vanished:
+                pipe.xack(stream, keys.GROUP, entry_id)
             pipe.execute()
         return opened
 
-    def _rejected(self, r: _Raw, exc: MessageError) -> Rejected:
-        return Rejected(r.stream, r.entry_id, r.fields or {}, exc.reason, exc.detail, r.deliveries, _job_id_of(r))
-
-    def _drop_replays(self, candidates: list[tuple[Delivery, _Raw, bool]], rejected: list[Rejected]) -> list[Delivery]:
-        """Jobs whose result already exists are not run again: a replayed message (an old entry added
-        again under a new stream id — its header, job id included, is the AEAD's associated data, so it
-        still opens) or a duplicate submission. They go to the dead-letter stream as `replayed`; the
-        first result stays. (A result lives `result_ttl_s`; a replay after that runs again.)"""
+    def _drop_replays(
+        self,
+        heads: list[_Head],
+        jobs: list[Job | None],
+        had_result: list[int],
+        received: int,
+        rejected: list[Rejected],
+    ) -> list[Delivery]:
+        """The opened jobs to run. Jobs whose result already exists are not run again: a replayed message
+        (an old entry added again under a new stream id — its header, job id included, is the AEAD's
+        associated data, so it still opens) or a duplicate submission. They go to the dead-letter stream
+        as `replayed`; the first result stays. (A result lives `result_ttl_s`; a replay after that runs
+        again.) A job id that comes twice in one read runs once, as its first entry."""
         keep: list[Delivery] = []
-        first_of: dict[str, bytes] = {}  # job id → the entry that carries it in this read
-        for d, r, exists in candidates:
-            twin = first_of.setdefault(d.job.job_id, d.entry_id)
-            if not exists and twin == d.entry_id:
-                keep.append(d)
+        seen: dict[str, bytes] = {}  # job id → the entry that carries it in this read
+        for (stream, entry_id, deliveries, flat, _, _, _), job, exists in zip(heads, jobs, had_result, strict=True):
+            if job is None:
+                continue
+            twin = seen.setdefault(job.header.job_id, entry_id)
+            if not exists and twin is entry_id:
+                keep.append(Delivery(stream, entry_id, deliveries, received, job))
                 continue
             why = "already has a result" if exists else f"came twice in one read (first as entry {twin.decode()})"
-            exc = ReplayedMessage(f"job {d.job.job_id} {why}; this copy (entry {d.entry_id.decode()}) was not run")
-            rejected.append(
-                Rejected(d.stream, d.entry_id, r.fields or {}, exc.reason, exc.detail, d.deliveries, d.job.job_id)
-            )
+            exc = ReplayedMessage(f"job {job.job_id} {why}; this copy (entry {entry_id.decode()}) was not run")
+            rejected.append(Rejected(stream, entry_id, _as_map(flat), exc.reason, exc.detail, deliveries, job.job_id))
         return keep
 
     # -- completing -------------------------------------------------------------------------------
@@ -383,10 +401,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _job_id_of(r: _Raw) -> str:
+def _rejected(
+    stream: str, entry_id: bytes, flat: Sequence[bytes] | Mapping[bytes, bytes], deliveries: int, exc: MessageError
+) -> Rejected:
+    fields = _as_map(flat)
+    return Rejected(stream, entry_id, fields, exc.reason, exc.detail, deliveries, _job_id_of(fields))
+
+
+def _job_id_of(fields: Mapping[bytes, bytes]) -> str:
     """The job id from a raw header, if it can be read without trusting anything else."""
     try:
-        h = unpack((r.fields or {}).get(b"h", b""))
+        h = unpack(fields.get(HEADER_FIELD, b""))
         jid = h.get("job_id") if isinstance(h, dict) else None
         return jid if isinstance(jid, str) and len(jid) <= 96 else ""
     except MessageError:

@@ -102,16 +102,32 @@ class Envelope:
 
     def open(self, kid: str, aad: bytes, body: bytes) -> bytes:
         """Decrypt a body; `MalformedMessage`, `UnknownKey` or `TamperedMessage` when it cannot be opened."""
+        return self._open(kid, aad, body, self._reader)
+
+    def opener(self) -> Callable[[str, bytes, bytes], bytes]:
+        """`open` for the messages of one read: each data key is looked up, and its KEK's revocation
+        checked, once per read instead of once per message (a read's messages mostly share one key)."""
+        memo: dict[tuple[str, bytes], AESGCM] = {}
+
+        def reader(kid: str, wrapped: bytes) -> AESGCM:
+            ck = (kid, wrapped)
+            aead = memo.get(ck)
+            if aead is None:
+                aead = memo[ck] = self._reader(kid, wrapped)
+            return aead
+
+        return lambda kid, aad, body: self._open(kid, aad, body, reader)
+
+    @staticmethod
+    def _open(kid: str, aad: bytes, body: bytes, reader: Callable[[str, bytes], AESGCM]) -> bytes:
         if len(body) < 2 or body[0] != FORMAT_V1:
             raise MalformedMessage("body is not an envelope of format 1", raw=body)
         n = body[1]
         if len(body) < 2 + n + NONCE_BYTES + TAG_BYTES:
             raise MalformedMessage(f"body is truncated ({len(body)} bytes)", raw=body)
-        wrapped = body[2 : 2 + n]
-        nonce = body[2 + n : 2 + n + NONCE_BYTES]
-        aead = self._reader(kid, wrapped)
+        aead = reader(kid, body[2 : 2 + n])
         try:
-            return aead.decrypt(nonce, body[2 + n + NONCE_BYTES :], aad)
+            return aead.decrypt(body[2 + n : 2 + n + NONCE_BYTES], body[2 + n + NONCE_BYTES :], aad)
         except InvalidTag:
             raise TamperedMessage("authentication failed: the header or the body was changed", raw=body) from None
 

@@ -30,7 +30,7 @@ from broker.keyring import DEK_BYTES, KeyProvider, make_kid
 from broker.keys import check_zone
 
 LABEL_PREFIX = "hyb-kek"
-_LABEL_RE = re.compile(r"^hyb-kek:([a-z0-9][a-z0-9-]{0,31}):v(\d+)$")
+_LABEL_RE = re.compile(r"^hyb-kek:([a-z0-9][a-z0-9-]{0,31}):v(\d+)\Z")
 
 
 def kek_label(zone: str, version: int) -> str:

@@ -25,8 +25,8 @@ from enum import StrEnum
 PREFIX = "hyb"
 GROUP = "workers"
 
-_ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 
 
 class Lane(StrEnum):

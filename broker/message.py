@@ -8,7 +8,7 @@ the dead-letter reason. Results are sealed the same way and stored as `msgpack([
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -163,10 +163,19 @@ class Sealer:
 
     def open_body(self, header: JobHeader, header_bytes: bytes, body: bytes) -> Job:
         """The second half of `open_job`: decrypt and decode the body under its checked header."""
+        return self._open_body(header, header_bytes, body, self.envelope.open)
+
+    def body_opener(self) -> Callable[[JobHeader, bytes, bytes], Job]:
+        """`open_body` for the jobs of one read, with data keys looked up once per read (`Envelope.opener`)."""
+        open_sealed = self.envelope.opener()
+        return lambda header, header_bytes, body: self._open_body(header, header_bytes, body, open_sealed)
+
+    def _open_body(
+        self, header: JobHeader, header_bytes: bytes, body: bytes, open_sealed: Callable[[str, bytes, bytes], bytes]
+    ) -> Job:
         if len(body) > self.max_body_bytes:
             raise OversizedMessage(f"body is {len(body)} bytes, over the limit of {self.max_body_bytes}")
-        plaintext = self.envelope.open(header.kid, header_bytes, body)
-        return Job(header, self.codec.decode_as(plaintext, _JOB_PAYLOAD))
+        return Job(header, self.codec.decode_as(open_sealed(header.kid, header_bytes, body), _JOB_PAYLOAD))
 
     def read_job_header(self, zone: str, entry: Mapping[bytes, bytes]) -> JobHeader:
         """Validate the clear header only (no key needed): schema version, fields, zone."""

@@ -48,8 +48,8 @@ from broker.breaker import STATE_VALUE, State
 from broker.errors import ConfigError
 from broker.ledger import WINDOWS, CostBreaker, Ledger
 
-_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 # One call per lane, returning ids and numbers only (no entry bodies cross the network):
 # {XLEN, last-generated-id, entries-added or -1, first id, first undelivered id, new entries, last new id}

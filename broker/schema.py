@@ -29,11 +29,11 @@ LaneName = Literal["interactive", "batch"]
 Status = Literal["ok", "error", "expired"]
 """`expired`: the job's deadline had passed before a worker could run it; it was not run."""
 
-_Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-_Zone = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+_Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
+_Zone = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}\Z")]
 _Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _Model = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-_KeyId = Annotated[str, msgspec.Meta(min_length=3, max_length=48, pattern=r"^[a-z0-9][a-z0-9-]{0,31}/v[0-9]{1,9}$")]
+_KeyId = Annotated[str, msgspec.Meta(min_length=3, max_length=48, pattern=r"^[a-z0-9][a-z0-9-]{0,31}/v[0-9]{1,9}\Z")]
 _Millis = Annotated[int, msgspec.Meta(ge=0, lt=2**53)]
 _Version = Annotated[int, msgspec.Meta(ge=0)]
 """Any version decodes; the reader then refuses those not in `SUPPORTED_SCHEMA_VERSIONS` by name."""

@@ -105,6 +105,11 @@ def oversized(s: Sealer, zone: str, tmp: Path) -> Entry:
     return sealed(big, zone, blob=os.urandom(2 << 20))  # incompressible, over the worker's 1 MiB
 
 
+def tampered_with_extra_field(s: Sealer, zone: str, tmp: Path) -> Entry:
+    """An entry with a field besides h and b (read by the slow path): the dead letter keeps it too."""
+    return {**tampered_body(s, zone, tmp), b"note": b"added by some other tool"}
+
+
 def missing_fields(s: Sealer, zone: str, tmp: Path) -> Entry:
     return {b"hello": b"world"}
 
@@ -122,6 +127,7 @@ CASES: dict[str, tuple[Callable[[Sealer, str, Path], Entry], str]] = {
     "payload with unknown field": (invalid_payload, "undecodable"),
     "oversized body": (oversized, "too_large"),
     "entry without h/b": (missing_fields, "malformed"),
+    "tampered body, extra field": (tampered_with_extra_field, "tampered"),
 }
 
 

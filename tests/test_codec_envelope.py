@@ -230,17 +230,17 @@ HEADER = {
     "deadline_ms": None, "reply_to": None, "attempt": 1, "trace_id": None,
 }  # fmt: skip
 BAD_HEADER_VALUES = {
-    "job_id": ["", "-starts-with-dash", "x" * 97, "has space", 7],
+    "job_id": ["", "-starts-with-dash", "x" * 97, "has space", 7, "01J0000000000000000000000A\n"],
     "tenant": ["", "t" * 65, b"bytes"],
-    "zone": ["Upper", "z" * 33, ""],
+    "zone": ["Upper", "z" * 33, "", "bd-dhaka\n"],
     "task": ["", "t" * 65],
     "model": ["", "m" * 129],
     "lane": ["urgent"],
     "sensitivity": ["secret"],
-    "kid": ["bd-dhaka", "bd-dhaka/vX", "x/v1234567890"],
+    "kid": ["bd-dhaka", "bd-dhaka/vX", "x/v1234567890", "bd-dhaka/v3\n"],
     "created_ms": [-1, 2**53, 1.5, True],
     "deadline_ms": [-5, "soon"],
-    "reply_to": ["", "a b"],
+    "reply_to": ["", "a b", "replies\n"],
     "attempt": [0, 1001, True],
     "trace_id": ["t" * 65],
 }

@@ -46,3 +46,21 @@ def test_unknown_or_bad_settings_are_refused(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("HYB_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="not a file"):
         load_settings()
+
+
+@pytest.mark.parametrize("bad", ["eu\n", "eu\r", "", "EU", "-eu", "e" * 33])
+def test_zone_names_that_would_bend_a_key_are_refused(bad: str) -> None:
+    from broker import keys
+
+    assert keys.check_zone("eu-west-1") == "eu-west-1"
+    with pytest.raises(ValueError, match="zone"):
+        keys.check_zone(bad)
+
+
+@pytest.mark.parametrize("bad", ["w1\n", "w 1", "", ".w1", "w" * 97])
+def test_names_with_a_trailing_newline_or_odd_characters_are_refused(bad: str) -> None:
+    from broker import keys
+
+    assert keys.check_name("w1.gpu-0", "consumer name") == "w1.gpu-0"
+    with pytest.raises(ValueError, match="consumer name"):
+        keys.check_name(bad, "consumer name")

@@ -34,7 +34,7 @@ from broker.settings import load_settings
 from hybrid.grading.job import RunRequest, execute
 
 QUEUE = "hybrid-grade"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 JOB_TIMEOUT_S = 12 * 3600
 
 

@@ -28,7 +28,7 @@ import redis
 from broker.connection import redis_errors
 from broker.keys import zone_prefix
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}\Z")
 STALE_AFTER_S = 60.0  # a "running" run whose heartbeat is older than this is shown as stale
 
 
