@@ -63,6 +63,35 @@ def test_interactive_lane_is_served_first(r: redis.Redis, sealer: Sealer, keyrin
     assert [d.job.job_id for d in second] == batch_ids
 
 
+def _xreadgroup_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+
+def test_an_idle_interactive_lane_costs_no_extra_read(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    """While the interactive lane is empty, one XREADGROUP reads both lanes; jobs that reach it
+    meanwhile still come first, and a busy interactive lane is read alone again."""
+    client = Client(r, sealer, zone)
+    batch_ids = client.submit_many(JobSpec(task="t", inputs={}, lane="batch") for _ in range(12))
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=4)
+    before = _xreadgroup_calls(r)
+    first = consumer.fetch(block_ms=0)  # lane by lane: interactive (empty), then batch
+    assert _xreadgroup_calls(r) - before == 2
+    before = _xreadgroup_calls(r)
+    second = consumer.fetch(block_ms=0)  # interactive was idle: both lanes in one read
+    assert _xreadgroup_calls(r) - before == 1
+    assert [d.job.job_id for d in first + second] == batch_ids[:8]
+
+    inter_ids = client.submit_many(JobSpec(task="t", inputs={}, lane="interactive") for _ in range(6))
+    third = consumer.fetch(block_ms=0)  # one read of both lanes: 4 interactive first, then 4 batch
+    assert [d.job.job_id for d in third] == inter_ids[:4] + batch_ids[8:12]
+    before = _xreadgroup_calls(r)
+    fourth = consumer.fetch(block_ms=0)  # interactive is busy: read alone, nothing of batch is taken
+    assert [d.job.job_id for d in fourth] == inter_ids[4:]
+    assert _xreadgroup_calls(r) - before == 2  # interactive (2 of 4), then batch (empty)
+
+
 def test_a_job_run_twice_has_exactly_one_result(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
     client = Client(r, sealer, zone)
     job_id = client.submit("t", {"n": 1})
