@@ -5,12 +5,20 @@ Delivery is at-least-once:
     XREADGROUP (interactive first, then batch) → open → run → store result (SET NX) → XACK + XDEL
 
 with the last two steps in one Lua script per batch (`scripts.COMPLETE`), which also takes each job
-out of its tenant's in-flight set (`broker.admission`). Entries idle longer than
+out of its tenant's in-flight set (`broker.admission`) and drops its claim (below). Entries idle longer than
 `min_idle_ms` in another consumer's pending list (a crashed or preempted worker) are taken over
 with XAUTOCLAIM; their delivery count comes from XPENDING. A message delivered more than
 `max_deliveries` times, or one that cannot be opened, decoded or validated, is moved to the
 dead-letter stream with its reason — the rest of the read goes on. So is a job whose result already
 exists (`replayed`: an old message added again, or a duplicate submission): it is not run twice.
+
+Nor is a job id run by two entries at once (a producer that resubmits a job while the first copy
+is still running): the replay check of each read (`scripts.CLAIM_EACH`, one round trip, answered
+while the bodies are decrypted) also *claims* each job id for its entry. A copy whose job id is
+claimed by an entry that is still pending is held back — left pending, to be looked at again when
+it is reclaimed — and `COMPLETE` drops the claim once the result is stored. A claim needs no
+release on a crash: the crashed worker's entry keeps it and takes it again when it is reclaimed, and
+a claim whose entry is no longer pending (acknowledged, dead-lettered) is taken over at once.
 
 Acknowledged entries are deleted from the job stream, so a stream's length is exactly its backlog
 plus what is pending; lag is computed from that on Redis 6.2 and 7 alike (`queue_depth`).
@@ -30,12 +38,12 @@ import redis
 
 from broker import keys
 from broker.codec import unpack
-from broker.connection import MAX_BLOCK_MS, ensure_group, redis_errors, send_deferred
+from broker.connection import MAX_BLOCK_MS, Deferred, ensure_group, redis_errors, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
 from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
 from broker.schema import JobHeader
-from broker.scripts import ACK_CHUNK, ACK_DELETE, COMPLETE, EXISTS_EACH
+from broker.scripts import ACK_CHUNK, ACK_DELETE, CLAIM_EACH, COMPLETE
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,7 @@ class ConsumerStats:
     completed: int = 0
     duplicates: int = 0  # results that already existed (a job run twice)
     handler_failures: int = 0
+    held_back: int = 0  # copies of a job id another entry was running: left pending, looked at again later
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
@@ -129,6 +138,7 @@ class Consumer:
         result_ttl_s: int = 24 * 3600,
         reclaim_interval_s: float | None = None,
         reply_maxlen: int = 10_000,
+        claim_ms: int | None = None,
     ) -> None:
         self.client = client
         self.sealer = sealer
@@ -141,16 +151,21 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.result_ttl_ms = result_ttl_s * 1000
         self.reply_maxlen = reply_maxlen
+        # how long a job id's claim outlives its entry at most (an entry that stops being pending
+        # releases it at once): as long as a result lives, unless told otherwise
+        self.claim_ms = claim_ms if claim_ms is not None else self.result_ttl_ms
         self.reclaim_interval_s = (
             reclaim_interval_s if reclaim_interval_s is not None else min(min_idle_ms / 2000, 30.0)
         )
         self.dead_letters = DeadLetters(client, zone)
         self.stats = ConsumerStats()
         self._complete = client.register_script(COMPLETE)
-        self._exists_each = client.register_script(EXISTS_EACH)
+        self._claim_each = client.register_script(CLAIM_EACH)
         self._ack_delete = client.register_script(ACK_DELETE)
         self._reads = _raw_replies(client)
         self._result_prefix = keys.result_prefix(zone)
+        self._claim_prefix = keys.claim_prefix(zone)
+        self._all_streams = [keys.jobs_stream(zone, lane) for lane in keys.Lane]  # where a claim's entry may be
         self._claim_cursor = dict.fromkeys(self.streams, "0-0")
         self._last_reclaim = float("-inf")
         self._groups_ready = False
@@ -274,9 +289,7 @@ class Consumer:
                     rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
         opened: list[Delivery] = []
         if heads:
-            prefix = self._result_prefix  # job ids were checked by the header schema
-            result_keys = [prefix + h[6].job_id for h in heads]
-            check = send_deferred(self.client, "EVALSHA", self._exists_each.sha, len(result_keys), *result_keys)
+            check, script_keys, script_args = self._send_claims(heads)
             try:
                 open_body = self.sealer.body_opener()
                 jobs: list[Job | None] = []
@@ -287,12 +300,12 @@ class Consumer:
                         jobs.append(None)
                         rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
                 try:
-                    had_result: list[int] = check.result()
+                    verdicts: list[int] = check.result()
                 except redis.exceptions.NoScriptError:  # a restarted Redis forgot it: load it and ask again
-                    had_result = self._exists_each(keys=result_keys)
+                    verdicts = self._claim_each(keys=script_keys, args=script_args)
             finally:
                 check.abandon()  # closes the connection only if the reply was never read
-            opened = self._drop_replays(heads, jobs, had_result, received, rejected)
+            opened = self._to_run(heads, jobs, verdicts, received, rejected)
         if rejected:
             position = {(c.stream, e[0]): i for i, (c, e) in enumerate((c, e) for c in chunks for e in c.entries)}
             rejected.sort(key=lambda x: position[(x.stream, x.entry_id)])  # dead letters in stream order
@@ -307,29 +320,54 @@ class Consumer:
             pipe.execute()
         return opened
 
-    def _drop_replays(
+    def _send_claims(self, heads: list[_Head]) -> tuple[Deferred, list[str], list[Any]]:
+        """Send the replay and duplicate check of a read (`scripts.CLAIM_EACH`); its answer is read later."""
+        rp, cp = self._result_prefix, self._claim_prefix  # job ids were checked by the header schema
+        script_keys = [*self._all_streams]
+        for h in heads:
+            script_keys += (rp + h[6].job_id, cp + h[6].job_id)
+        script_args: list[Any] = [keys.GROUP, self.claim_ms, len(self._all_streams)]
+        script_args += [h[0].encode() + b"\n" + h[1] for h in heads]
+        sha = self._claim_each.sha
+        return (
+            send_deferred(self.client, "EVALSHA", sha, len(script_keys), *script_keys, *script_args),
+            script_keys,
+            script_args,
+        )
+
+    def _to_run(
         self,
         heads: list[_Head],
         jobs: list[Job | None],
-        had_result: list[int],
+        verdicts: list[int],
         received: int,
         rejected: list[Rejected],
     ) -> list[Delivery]:
-        """The opened jobs to run. Jobs whose result already exists are not run again: a replayed message
-        (an old entry added again under a new stream id — its header, job id included, is the AEAD's
-        associated data, so it still opens) or a duplicate submission. They go to the dead-letter stream
-        as `replayed`; the first result stays. (A result lives `result_ttl_s`; a replay after that runs
-        again.) A job id that comes twice in one read runs once, as its first entry."""
+        """The opened jobs to run, by the verdicts of `scripts.CLAIM_EACH`.
+
+        A job whose result already exists is not run again: a replayed message (an old entry added again
+        under a new stream id — its header, job id included, is the AEAD's associated data, so it still
+        opens) or a duplicate submission. It goes to the dead-letter stream as `replayed`; the first
+        result stays. (A result lives `result_ttl_s`; a replay after that runs again.) So does the second
+        of two entries with one job id in the same read. A copy of a job id that another entry is running
+        right now is held back: left pending, it is reclaimed after `min_idle_ms` and looked at again —
+        by then the job has a result (`replayed`), or its entry is gone without one and the copy runs."""
         keep: list[Delivery] = []
         seen: dict[str, bytes] = {}  # job id → the entry that carries it in this read
-        for (stream, entry_id, deliveries, flat, _, _, _), job, exists in zip(heads, jobs, had_result, strict=True):
+        for (stream, entry_id, deliveries, flat, _, _, _), job, verdict in zip(heads, jobs, verdicts, strict=True):
             if job is None:
                 continue
             twin = seen.setdefault(job.header.job_id, entry_id)
-            if not exists and twin is entry_id:
+            if verdict == 0 and twin is entry_id:
                 keep.append(Delivery(stream, entry_id, deliveries, received, job))
                 continue
-            why = "already has a result" if exists else f"came twice in one read (first as entry {twin.decode()})"
+            if verdict == 2 and twin is entry_id:
+                self.stats.held_back += 1
+                log.info(
+                    "held back %s from %s: job %s is being run by another entry", entry_id.decode(), stream, job.job_id
+                )
+                continue
+            why = "already has a result" if verdict == 1 else f"came twice in one read (first as entry {twin.decode()})"
             exc = ReplayedMessage(f"job {job.job_id} {why}; this copy (entry {entry_id.decode()}) was not run")
             rejected.append(Rejected(stream, entry_id, _as_map(flat), exc.reason, exc.detail, deliveries, job.job_id))
         return keep
@@ -377,7 +415,13 @@ class Consumer:
                 stored = self.sealer.seal_result(h, self.name, delivery.received_ms, output=outcome)
             rkey = keys.result_key(self.zone, h.job_id)
             reply = keys.reply_stream(self.zone, h.reply_to) if h.reply_to else rkey
-            script_keys += [rkey, delivery.stream, reply, keys.inflight_set(self.zone, h.tenant)]
+            script_keys += [
+                rkey,
+                delivery.stream,
+                reply,
+                keys.inflight_set(self.zone, h.tenant),
+                self._claim_prefix + h.job_id,
+            ]
             args += [delivery.entry_id, stored, h.job_id, 1 if h.reply_to else 0]
         with redis_errors():
             created = int(self._complete(keys=script_keys, args=args))

@@ -6,6 +6,7 @@ scripts that touch several of them stay legal on a cluster:
     hyb:{<zone>}:jobs:<lane>          job stream per lane (interactive, batch); consumer group `workers`
     hyb:{<zone>}:dlq                  dead-letter stream
     hyb:{<zone>}:result:<job_id>      sealed result (string, with a TTL)
+    hyb:{<zone>}:claim:<job_id>       the stream entry running this job id ("<stream>\n<entry id>", with a TTL)
     hyb:{<zone>}:reply:<name>         reply stream a producer reads to learn its results are ready
     hyb:{<zone>}:adm                  admission state: paused flag per lane, token bucket per tenant (hash)
     hyb:{<zone>}:inflight:<tenant>    a tenant's admitted, unfinished job ids, scored by lease expiry (zset)
@@ -77,6 +78,15 @@ def result_prefix(zone: str) -> str:
     return f"{zone_prefix(zone)}:result:"
 
 
+def claim_prefix(zone: str) -> str:
+    """The claim key of a job id is this followed by the id: which entry runs the job (`scripts.CLAIM_EACH`)."""
+    return f"{zone_prefix(zone)}:claim:"
+
+
+def claim_key(zone: str, job_id: str) -> str:
+    return f"{claim_prefix(zone)}{check_name(job_id, 'job id')}"
+
+
 def reply_stream(zone: str, name: str) -> str:
     return f"{zone_prefix(zone)}:reply:{check_name(name, 'reply name')}"
 
@@ -129,6 +139,8 @@ __all__ = [
     "budgets",
     "check_name",
     "check_zone",
+    "claim_key",
+    "claim_prefix",
     "dlq_stream",
     "edge_device",
     "inflight_set",

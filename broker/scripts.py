@@ -8,18 +8,18 @@ from __future__ import annotations
 
 # Store results and acknowledge their jobs, for a whole batch at once.
 # KEYS: for job i: result_key, job_stream, reply_stream (the result key again when there is no reply),
-#       in-flight set of the job's tenant (see ADMIT)
+#       in-flight set of the job's tenant (see ADMIT), claim key of the job id (see CLAIM_EACH)
 # ARGV: ttl_ms, group, reply_maxlen, then for job i: entry_id, stored_result, job_id, want_reply (0/1)
 # A result is written only if none exists (SET NX): a job run twice still has exactly one result,
 # and its producer is notified once. One notification entry per reply stream lists its job ids.
 # The job leaves its tenant's in-flight set (ZREM: idempotent, and a no-op for jobs admitted without
-# an admission policy).
+# an admission policy), and its claim is dropped (the result now answers the duplicate check).
 COMPLETE = """
 local ttl, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local created = 0
 local replies, order = {}, {}
-for i = 0, (#KEYS / 4) - 1 do
-  local rkey, stream, reply, inflight = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
+for i = 0, (#KEYS / 5) - 1 do
+  local rkey, stream, reply, inflight = KEYS[i * 5 + 1], KEYS[i * 5 + 2], KEYS[i * 5 + 3], KEYS[i * 5 + 4]
   local eid, value, jid, want = ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4], ARGV[7 + i * 4]
   if redis.call('SET', rkey, value, 'NX', 'PX', ttl) then
     created = created + 1
@@ -34,6 +34,7 @@ for i = 0, (#KEYS / 4) - 1 do
   redis.call('XACK', stream, group, eid)
   redis.call('XDEL', stream, eid)
   redis.call('ZREM', inflight, jid)
+  redis.call('DEL', KEYS[i * 5 + 5])
 end
 for _, reply in ipairs(order) do
   redis.call('XADD', reply, 'MAXLEN', '~', maxlen, '*', 'jobs', table.concat(replies[reply], ','))
@@ -163,11 +164,42 @@ end
 return {1, peak}
 """
 
-# For each key, 1 if it exists, else 0 (EXISTS with several keys only counts them). The consumer asks
-# it once per read for the result keys of the jobs it opened: replays are dropped in one round trip.
-EXISTS_EACH = """
+# The replay and duplicate check of one read, and the claim of each job id it lets run.
+# KEYS: the zone's job streams (L of them), then for job i: result key, claim key
+# ARGV: group, claim_ms, L, then for job i: its claim token, "<job stream>\n<entry id>"
+# Returns, for job i: 0 = run it (its claim is now this entry's, for claim_ms), 1 = it already has a
+# result (a replay or a duplicate submission of a finished job), 2 = another entry of the same job id
+# holds the claim and is still pending in the group (a copy of a job that is being run).
+# A claim whose entry is no longer pending (acknowledged, dead-lettered, deleted) is stale and is
+# taken over; the entry that holds a claim takes it again when it is reclaimed after a crash.
+CLAIM_EACH = """
+local group, lease, nl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local streams = {}
+for s = 1, nl do streams[KEYS[s]] = true end
 local out = {}
-for i, k in ipairs(KEYS) do out[i] = redis.call('EXISTS', k) end
+for i = 1, (#KEYS - nl) / 2 do
+  local rkey, ckey, token = KEYS[nl + 2 * i - 1], KEYS[nl + 2 * i], ARGV[3 + i]
+  if redis.call('EXISTS', rkey) == 1 then
+    out[i] = 1
+  else
+    local holder = redis.call('GET', ckey)
+    local held = false
+    if holder and holder ~= token then
+      local cut = string.find(holder, '\\n', 1, true)
+      if cut and streams[string.sub(holder, 1, cut - 1)] then
+        local hid = string.sub(holder, cut + 1)
+        local rows = redis.pcall('XPENDING', string.sub(holder, 1, cut - 1), group, hid, hid, 1)
+        held = type(rows) == 'table' and #rows > 0
+      end
+    end
+    if held then
+      out[i] = 2
+    else
+      redis.call('SET', ckey, token, 'PX', lease)
+      out[i] = 0
+    end
+  end
+end
 return out
 """
 
@@ -181,4 +213,4 @@ return redis.call('XDEL', KEYS[1], unpack(ids))
 """
 ACK_CHUNK = 1000  # well under Lua's limit on unpacked values
 
-__all__ = ["ACK_CHUNK", "ACK_DELETE", "ADMIT", "APPEND", "COMPLETE", "EXISTS_EACH", "REPLAY"]
+__all__ = ["ACK_CHUNK", "ACK_DELETE", "ADMIT", "APPEND", "CLAIM_EACH", "COMPLETE", "REPLAY"]

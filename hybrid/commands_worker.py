@@ -167,7 +167,8 @@ def worker_run(
         f"worker {w.name} done: {stats.completed} results ({stats.expired} expired, {stats.rejected} rejected, "
         f"{stats.failed} failed), {consumer.stats.reclaimed} reclaimed, {consumer.stats.duplicates} duplicate "
         "results refused, "
-        f"{sum(consumer.stats.dead_lettered.values())} dead-lettered, {stats.abandoned} left pending",
+        f"{sum(consumer.stats.dead_lettered.values())} dead-lettered, {consumer.stats.held_back} copies of running "
+        f"jobs held back, {stats.abandoned} left pending",
         err=True,
     )
 

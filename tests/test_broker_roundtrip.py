@@ -12,6 +12,7 @@ from broker import keys
 from broker.client import Client, sealer_from_settings
 from broker.codec import Codec, train_dictionary
 from broker.consumer import Consumer
+from broker.dead_letter import DeadLetters
 from broker.envelope import Envelope
 from broker.errors import DecodeError, PayloadTooLarge, ResultTimeout
 from broker.keyring import LocalKeyring
@@ -215,3 +216,63 @@ def test_trained_dictionaries_from_settings(tmp_path: Path, keyring_path: Path, 
     plain = Sealer(Envelope(LocalKeyring(keyring_path)))
     with pytest.raises(DecodeError, match="dictionary"):  # the frame names a dictionary this reader lacks
         plain.open_job(zone, {HEADER_FIELD: hb, BODY_FIELD: body})
+
+
+def _copies_of_one_job(r: redis.Redis, sealer: Sealer, zone: str, job_id: str) -> tuple[Client, JobSpec]:
+    return Client(r, sealer, zone), JobSpec(task="t", inputs={"n": 1}, lane="batch", job_id=job_id)
+
+
+def test_a_copy_of_a_running_job_is_held_back_until_the_first_has_a_result(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    client, spec = _copies_of_one_job(r, sealer, zone, "essay-42")
+    stream = keys.jobs_stream(zone, "batch")
+    client.submit_many([spec])
+    first = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1")
+    [running] = first.fetch(block_ms=0)
+    assert r.get(keys.claim_key(zone, "essay-42")) == stream.encode() + b"\n" + running.entry_id
+
+    client.submit_many([spec])  # resubmitted while the first copy runs
+    second = Consumer(r, worker_sealer(keyring_path, zone), zone, "w2")
+    assert second.fetch(block_ms=0) == []  # not run twice at once ...
+    assert second.stats.held_back == 1 and DeadLetters(r, zone).size() == 0  # ... and not thrown away
+    assert r.xpending(stream, keys.GROUP)["pending"] == 2
+
+    assert first.complete([(running, {"run": 1})]) == 1
+    assert not r.exists(keys.claim_key(zone, "essay-42"))  # the result answers for the job id now
+    later = Consumer(r, worker_sealer(keyring_path, zone), zone, "w3", min_idle_ms=0)  # reclaims at once
+    assert later.fetch(block_ms=0) == []
+    [letter] = DeadLetters(r, zone).list()
+    assert letter.reason == "replayed" and "already has a result" in letter.detail
+    assert client.result("essay-42", timeout=5).output == {"run": 1}
+    assert r.xlen(stream) == 0 and r.xpending(stream, keys.GROUP)["pending"] == 0
+
+
+def test_a_held_back_copy_runs_once_the_first_is_gone_without_a_result(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    client, spec = _copies_of_one_job(r, sealer, zone, "essay-43")
+    client.submit_many([spec])
+    first = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1")
+    [dropped] = first.fetch(block_ms=0)
+    client.submit_many([spec])
+    second = Consumer(r, worker_sealer(keyring_path, zone), zone, "w2")
+    assert second.fetch(block_ms=0) == [] and second.stats.held_back == 1
+
+    first.ack([dropped])  # dropped on purpose: no result, and its entry no longer holds the claim
+    later = Consumer(r, worker_sealer(keyring_path, zone), zone, "w3", min_idle_ms=0)
+    [copy] = later.fetch(block_ms=0)
+    assert copy.job.job_id == "essay-43" and copy.deliveries == 2 and copy.entry_id != dropped.entry_id
+    assert later.complete([(copy, {"run": "copy"})]) == 1
+
+
+def test_a_crashed_workers_job_is_taken_over_under_its_own_claim(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    client, spec = _copies_of_one_job(r, sealer, zone, "essay-44")
+    client.submit_many([spec])
+    [lost] = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1").fetch(block_ms=0)  # w1 then dies
+    rescuer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w2", min_idle_ms=0)
+    [taken] = rescuer.fetch(block_ms=0)
+    assert taken.entry_id == lost.entry_id and taken.deliveries == 2 and rescuer.stats.held_back == 0
+    assert rescuer.complete([(taken, {"run": 2})]) == 1

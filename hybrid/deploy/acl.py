@@ -7,8 +7,9 @@ Users (one `edge-` and one `worker-` user per zone; `exporter` and `admin` are g
                     the cost gate (read the breaker, take its half-open trickle); its device report.
                     Nothing else: no XREADGROUP, XRANGE, KEYS, DEL of jobs, FLUSHALL, CONFIG.
     api-<zone>      the jobs HTTP API: an edge's rights, plus its tenant tokens and job owners (`api:*`).
-    worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING), complete (the COMPLETE script: SET NX
-                    results, XACK, XDEL, reply XADD), dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
+    worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING; the CLAIM_EACH script: job-id claims),
+                    complete (the COMPLETE script: SET NX results, XACK, XDEL, reply XADD, DEL claims),
+                    dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
                     the cost ledger, heartbeats, the breaker.
     exporter        read-only commands (`+@read -@dangerous`, INFO, TIME) on `hyb:*`, and EVALSHA of its
                     read-only lane script (whose calls are held to the same rules): no write, no KEYS.
@@ -134,19 +135,20 @@ def api_user(zone: str) -> AclUser:
 
 
 def worker_user(zone: str) -> AclUser:
-    jobs, results, replies, inflight = (
+    jobs, results, replies, inflight, claims = (
         _z(zone, "jobs:*"),
         _z(zone, "result:*"),
         _z(zone, "reply:*"),
         _z(zone, "inflight:*"),
+        _z(zone, "claim:*"),
     )
     return AclUser(
         name=f"worker-{zone}",
         role="worker",
         zone=zone,
         commands=("-@all", "+ping", "+evalsha", "+script|load", "+multi", "+exec", "+discard", "+unwatch"),
-        # EVALSHA of COMPLETE declares these keys
-        keys=(KeyGrant(results), KeyGrant(jobs), KeyGrant(replies), KeyGrant(inflight)),
+        # EVALSHA of COMPLETE and CLAIM_EACH declares these keys
+        keys=(KeyGrant(results), KeyGrant(jobs), KeyGrant(replies), KeyGrant(inflight), KeyGrant(claims)),
         selectors=(
             Selector(
                 (
@@ -164,6 +166,7 @@ def worker_user(zone: str) -> AclUser:
                 (KeyGrant(jobs),),
             ),
             Selector(("set", "exists"), (KeyGrant(results),)),  # exists: a replayed job is not run again
+            Selector(("get", "set", "del"), (KeyGrant(claims),)),  # which entry runs a job id (CLAIM_EACH)
             Selector(("xadd", "pexpire"), (KeyGrant(replies),)),
             Selector(("zrem",), (KeyGrant(inflight),)),
             Selector(("xadd",), (KeyGrant(_z(zone, "dlq")),)),
