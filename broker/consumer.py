@@ -166,6 +166,7 @@ class Consumer:
         self._result_prefix = keys.result_prefix(zone)
         self._claim_prefix = keys.claim_prefix(zone)
         self._all_streams = [keys.jobs_stream(zone, lane) for lane in keys.Lane]  # where a claim's entry may be
+        self._token_prefix = {s: s.encode() + b"\n" for s in self._all_streams}  # a claim: stream \n entry id
         self._claim_cursor = dict.fromkeys(self.streams, "0-0")
         self._last_reclaim = float("-inf")
         self._groups_ready = False
@@ -327,7 +328,8 @@ class Consumer:
         for h in heads:
             script_keys += (rp + h[6].job_id, cp + h[6].job_id)
         script_args: list[Any] = [keys.GROUP, self.claim_ms, len(self._all_streams)]
-        script_args += [h[0].encode() + b"\n" + h[1] for h in heads]
+        prefix = self._token_prefix
+        script_args += [prefix[h[0]] + h[1] for h in heads]
         sha = self._claim_each.sha
         return (
             send_deferred(self.client, "EVALSHA", sha, len(script_keys), *script_keys, *script_args),
