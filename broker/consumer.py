@@ -151,9 +151,12 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.result_ttl_ms = result_ttl_s * 1000
         self.reply_maxlen = reply_maxlen
-        # how long a job id's claim outlives its entry at most (an entry that stops being pending
-        # releases it at once): as long as a result lives, unless told otherwise
-        self.claim_ms = claim_ms if claim_ms is not None else self.result_ttl_ms
+        # the longest a job id's claim lives (acknowledging its entry drops it; an entry that is no
+        # longer pending loses it to the next copy): by default as long as a held-back copy may wait
+        # before it is dead-lettered (min_idle_ms * max_deliveries) plus one min_idle_ms, at least 1 min
+        if claim_ms is not None and claim_ms <= 0:
+            raise ValueError(f"claim_ms must be positive, got {claim_ms}")
+        self.claim_ms = claim_ms or max(min_idle_ms * (max_deliveries + 1), 60_000)
         self.reclaim_interval_s = (
             reclaim_interval_s if reclaim_interval_s is not None else min(min_idle_ms / 2000, 30.0)
         )
@@ -389,16 +392,22 @@ class Consumer:
             pipe.execute()
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Acknowledge (and delete) entries without storing a result — for jobs dropped on purpose."""
+        """Acknowledge (and delete) entries without storing a result — for jobs dropped on purpose. Their
+        job ids' claims go with them, so a later copy of such a job runs."""
         if not deliveries:
             return
-        by_stream: dict[str, list[bytes]] = {}
+        by_stream: dict[str, list[Delivery]] = {}
         for d in deliveries:
-            by_stream.setdefault(d.stream, []).append(d.entry_id)
+            by_stream.setdefault(d.stream, []).append(d)
+        cp = self._claim_prefix
         with redis_errors():
-            for stream, ids in by_stream.items():
-                for i in range(0, len(ids), ACK_CHUNK):
-                    self._ack_delete(keys=[stream], args=[keys.GROUP, *ids[i : i + ACK_CHUNK]])
+            for stream, ds in by_stream.items():
+                for i in range(0, len(ds), ACK_CHUNK):
+                    chunk = ds[i : i + ACK_CHUNK]
+                    self._ack_delete(
+                        keys=[stream, *[cp + d.job.job_id for d in chunk]],
+                        args=[keys.GROUP, *[d.entry_id for d in chunk]],
+                    )
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> int:
         """Store each result (once per job id) and acknowledge its entry; returns results created."""

@@ -204,11 +204,14 @@ return out
 """
 
 # Acknowledge entries and delete them from their job stream (acknowledged entries never stay, so a
-# stream's length is its backlog plus what is pending). Each id is sent once instead of twice.
-# KEYS[1]: job stream   ARGV: group, then the entry ids (at most ACK_CHUNK)
+# stream's length is its backlog plus what is pending), and drop their jobs' claims (see CLAIM_EACH).
+# Each id is sent once instead of twice.
+# KEYS[1]: job stream, then the claim keys of the entries' job ids   ARGV: group, then the entry ids
+# (at most ACK_CHUNK)
 ACK_DELETE = """
 local ids = {unpack(ARGV, 2)}
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
 return redis.call('XDEL', KEYS[1], unpack(ids))
 """
 ACK_CHUNK = 1000  # well under Lua's limit on unpacked values

@@ -231,6 +231,7 @@ def test_a_copy_of_a_running_job_is_held_back_until_the_first_has_a_result(
     first = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1")
     [running] = first.fetch(block_ms=0)
     assert r.get(keys.claim_key(zone, "essay-42")) == stream.encode() + b"\n" + running.entry_id
+    assert 0 < r.pttl(keys.claim_key(zone, "essay-42")) <= first.claim_ms == 360_000  # 60 s x (5 + 1)
 
     client.submit_many([spec])  # resubmitted while the first copy runs
     second = Consumer(r, worker_sealer(keyring_path, zone), zone, "w2")
@@ -259,7 +260,8 @@ def test_a_held_back_copy_runs_once_the_first_is_gone_without_a_result(
     second = Consumer(r, worker_sealer(keyring_path, zone), zone, "w2")
     assert second.fetch(block_ms=0) == [] and second.stats.held_back == 1
 
-    first.ack([dropped])  # dropped on purpose: no result, and its entry no longer holds the claim
+    first.ack([dropped])  # dropped on purpose: no result, and the claim goes with the entry
+    assert not r.exists(keys.claim_key(zone, "essay-43"))
     later = Consumer(r, worker_sealer(keyring_path, zone), zone, "w3", min_idle_ms=0)
     [copy] = later.fetch(block_ms=0)
     assert copy.job.job_id == "essay-43" and copy.deliveries == 2 and copy.entry_id != dropped.entry_id
@@ -276,3 +278,24 @@ def test_a_crashed_workers_job_is_taken_over_under_its_own_claim(
     [taken] = rescuer.fetch(block_ms=0)
     assert taken.entry_id == lost.entry_id and taken.deliveries == 2 and rescuer.stats.held_back == 0
     assert rescuer.complete([(taken, {"run": 2})]) == 1
+
+
+def test_a_claim_left_by_a_dead_lettered_entry_is_taken_over(
+    r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
+) -> None:
+    """The claim is made before the bodies are opened, so an entry whose body then fails holds one; it is
+    stale once that entry is dead-lettered, and the next copy of the job id takes it over at once."""
+    stream = keys.jobs_stream(zone, "batch")
+    _, hb, body = sealer.seal_job(zone, JobSpec(task="t", inputs={"n": 1}, lane="batch", job_id="essay-45"))
+    broken = bytearray(body)
+    broken[-1] ^= 1
+    bad_id = r.xadd(stream, {HEADER_FIELD: hb, BODY_FIELD: bytes(broken)})
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1")
+    assert consumer.fetch(block_ms=0) == []
+    assert DeadLetters(r, zone).list()[0].reason == "tampered"
+    assert r.get(keys.claim_key(zone, "essay-45")) == stream.encode() + b"\n" + bad_id  # stale now
+
+    Client(r, sealer, zone).submit_many([JobSpec(task="t", inputs={"n": 2}, lane="batch", job_id="essay-45")])
+    [copy] = consumer.fetch(block_ms=0)
+    assert copy.job.payload.inputs == {"n": 2} and consumer.stats.held_back == 0
+    assert r.get(keys.claim_key(zone, "essay-45")) == stream.encode() + b"\n" + copy.entry_id
