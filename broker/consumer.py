@@ -271,8 +271,9 @@ class Consumer:
 
     def _open_all(self, chunks: list[_Chunk]) -> list[Delivery]:
         """Open a read in two passes: every clear header first, then — while Redis answers whether
-        any of these jobs already has a result (the replay check, sent between the passes) — every
-        body. Bad messages are collected for the dead-letter stream; the rest of the read goes on."""
+        any of these jobs already has a result or is run by another entry (the replay and claim check,
+        sent between the passes) — every body. Bad messages are collected for the dead-letter stream;
+        the rest of the read goes on."""
         received = now_ms()
         zone, open_header, most = self.zone, self.sealer.open_header, self.max_deliveries
         rejected: list[Rejected] = []

@@ -20,8 +20,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gpu_worker.autoscale import Autoscaler, Decision, Observation
 
@@ -69,6 +70,10 @@ class Supervisor:
         self.stats = PoolStats()
         self._procs: list[_Proc] = []
         self._next = 1
+        # a control step and a shutdown never interleave, and nothing starts once shutdown began:
+        # `hybrid up` steps from a thread of its own while its main thread shuts the pool down
+        self._lock = threading.RLock()
+        self._closed = False
 
     @property
     def running(self) -> list[str]:
@@ -80,6 +85,10 @@ class Supervisor:
     # -- one control step ---------------------------------------------------------------------------
 
     def step(self, now: float | None = None) -> Decision:
+        with self._lock:
+            return self._step(now)
+
+    def _step(self, now: float | None) -> Decision:
         now = time.monotonic() if now is None else now
         self._reap(now)
         active = [p for p in self._procs if p.stopping_since is None]
@@ -97,16 +106,22 @@ class Supervisor:
         return decision
 
     def _start(self, name: str | None = None) -> None:
+        if self._closed:
+            return
         if name is None:
             name = f"{self.prefix}-{self._next}"
             self._next += 1
         out = open(os.path.join(self.log_dir, f"{name}.log"), "ab") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
-        popen = subprocess.Popen(
-            list(self.command(name)), stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        if self.log_dir:
-            out.close()  # type: ignore[union-attr]
-        self._procs.append(_Proc(name, popen, time.monotonic()))
+        argv = list(self.command(name))
+        try:
+            with deferred_interrupts():  # started and recorded, or neither: never an orphan
+                popen = subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                )
+                self._procs.append(_Proc(name, popen, time.monotonic()))
+        finally:
+            if self.log_dir:
+                out.close()  # type: ignore[union-attr]
         self.stats.started += 1
 
     def _stop(self, p: _Proc, now: float) -> None:
@@ -145,21 +160,51 @@ class Supervisor:
         return self.stats
 
     def shutdown(self) -> None:
-        """SIGTERM every worker, wait for them to drain (up to `grace_s`), kill what is left."""
-        now = time.monotonic()
-        for p in self._procs:
-            if p.stopping_since is None:
-                self._stop(p, now)
-        deadline = now + self.grace_s
-        for p in list(self._procs):
-            try:
-                p.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
-                self.stats.stopped += 1
-            except subprocess.TimeoutExpired:
-                _signal(p.popen, signal.SIGKILL)
-                p.popen.wait()
-                self.stats.killed += 1
-            self._procs.remove(p)
+        """SIGTERM every worker, wait for them to drain (up to `grace_s`), kill what is left. Safe to
+        call from any thread and more than once; no worker is started after it (a step under way
+        finishes first, and what it started is stopped with the rest)."""
+        with self._lock:
+            self._closed = True
+            now = time.monotonic()
+            for p in self._procs:
+                if p.stopping_since is None:
+                    self._stop(p, now)
+            deadline = now + self.grace_s
+            for p in list(self._procs):
+                try:
+                    p.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                    self.stats.stopped += 1
+                except subprocess.TimeoutExpired:
+                    _signal(p.popen, signal.SIGKILL)
+                    p.popen.wait()
+                    self.stats.killed += 1
+                self._procs.remove(p)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block is done, then act on them as before.
+
+    For starting a child and recording it: a Ctrl-C that lands inside `subprocess.Popen` (which waits
+    for the child's exec) raises there and loses the `Popen` object, so the child runs on, an orphan
+    nobody stops. Outside the main thread (where Python does not run signal handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = {sig: signal.signal(sig, lambda n, f: caught.append((n, f))) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for num, frame in caught[:1]:
+            first = signal.Signals(num)
+            handler = previous[first]
+            if callable(handler):
+                handler(num, frame)  # e.g. Python's default for SIGINT: raise KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(first)
 
 
 def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
@@ -167,4 +212,4 @@ def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
         popen.send_signal(sig)
 
 
-__all__ = ["PoolStats", "Supervisor"]
+__all__ = ["PoolStats", "Supervisor", "deferred_interrupts"]

@@ -175,3 +175,66 @@ def test_pool_command_scales_reports_and_drains_on_ctrl_c(
     assert proc.returncode == 0, err
     assert "0 killed" in err  # every worker drained within its grace period
     assert r.hlen(keys.worker_heartbeats(zone)) == 0  # and took its heartbeat with it
+
+
+def _sleeper_pool() -> tuple[Supervisor, dict[str, object]]:
+    """A supervisor of `sleep`-like processes whose observation can be held up by a test."""
+    import threading
+
+    gate = {"hold": threading.Event(), "entered": threading.Event()}
+    gate["hold"].set()  # type: ignore[attr-defined]
+
+    def observe_gated(replicas: int, now: float) -> Observation:
+        gate["entered"].set()  # type: ignore[attr-defined]
+        assert gate["hold"].wait(30)  # type: ignore[attr-defined]
+        return Observation(backlog=2 * 80, replicas=replicas, now_s=now)
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    policy = ScalePolicy(min_replicas=2, max_replicas=2, target_latency_s=10, scale_down_delay_s=0)
+    return Supervisor(command, Autoscaler(policy), observe_gated, prefix="s", grace_s=5), gate
+
+
+def test_no_worker_outlives_a_shutdown_that_races_a_scaling_step() -> None:
+    """`hybrid up` steps its pool from a thread while Ctrl-C shuts it down from the main thread: a
+    worker the step starts meanwhile must be stopped with the rest, and none may start after."""
+    import threading
+
+    sup, gate = _sleeper_pool()
+    gate["hold"].clear()  # type: ignore[attr-defined]
+    stepping = threading.Thread(target=sup.step)
+    stepping.start()
+    assert gate["entered"].wait(10)  # type: ignore[attr-defined]  # the step is observing, nothing started yet
+    stopping = threading.Thread(target=sup.shutdown)
+    stopping.start()
+    stopping.join(timeout=0.5)
+    assert stopping.is_alive()  # the shutdown waits for the step instead of running past it
+    gate["hold"].set()  # type: ignore[attr-defined]  # the step goes on and starts its two workers
+    stepping.join(10)
+    stopping.join(20)
+    assert not stepping.is_alive() and not stopping.is_alive()
+    assert sup.stats.started == 2 and sup.stats.stopped + sup.stats.killed == 2
+    assert sup.pids() == {}
+
+    sup.step()  # a late step of a shut pool starts nothing
+    assert sup.stats.started == 2 and sup.pids() == {}
+
+
+def test_a_ctrl_c_while_a_worker_starts_waits_until_it_is_recorded() -> None:
+    import signal as sig
+
+    from gpu_worker.supervisor import deferred_interrupts
+
+    steps: list[str] = []
+    before = sig.getsignal(sig.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            sig.raise_signal(sig.SIGINT)  # lands while the child is being started ...
+            steps.append("started and recorded")  # ... and does not cut this short
+        steps.append("not reached")
+    assert steps == ["started and recorded"]
+    assert sig.getsignal(sig.SIGINT) is before
+    with deferred_interrupts():  # no signal: nothing happens afterwards
+        steps.append("quiet")
+    assert steps[-1] == "quiet"

@@ -316,20 +316,23 @@ class Stack:
         self.say(f"edge models built and signed (key {report.key_id}); test accuracy {acc}")
 
     def _spawn(self, name: str, argv: Sequence[str], url: str | None = None) -> Child:
+        from gpu_worker.supervisor import deferred_interrupts
+
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
         try:
-            popen = subprocess.Popen(
-                list(argv),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env(),
-                start_new_session=True,
-            )
+            with deferred_interrupts():  # started and recorded (so `stop` stops it), or neither
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env(),
+                    start_new_session=True,
+                )
+                child = Child(name, popen, url)
+                self.children.append(child)
         finally:
             log.close()
-        child = Child(name, popen, url)
-        self.children.append(child)
         return child
 
     def _start_pool(self, zone: str) -> None:
@@ -375,10 +378,10 @@ class Stack:
             env={**self.env(), "HYB_ZONE": zone},
             log_dir=str(self.log_dir),
         )
-        sup.step()  # the first workers start now
         thread = threading.Thread(target=self._pool_loop, args=(sup,), name=f"pool-{zone}", daemon=True)
+        self._pools.append((sup, thread))  # before its first workers start: a Ctrl-C from here on stops them
+        sup.step()  # the first workers start now
         thread.start()
-        self._pools.append((sup, thread))
         self.say(f"worker pool for zone {zone}: {c.workers_min}..{c.workers_max} workers (local autoscaler)")
 
     def _pool_loop(self, sup: Any) -> None:
@@ -543,7 +546,8 @@ class Stack:
         self._stopped = True
         self._pool_stop.set()
         for sup, thread in self._pools:  # 1. drain the workers
-            thread.join(timeout=self.config.autoscale_interval_s + 5)
+            if thread.is_alive():  # not started when Ctrl-C came during the pool's first step
+                thread.join(timeout=self.config.autoscale_interval_s + 5)
             with contextlib.suppress(Exception):
                 sup.shutdown()
         for ch in self.children:  # 2. edges, API, status page
