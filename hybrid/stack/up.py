@@ -246,7 +246,8 @@ class Stack:
             return
         from broker.embedded import EmbeddedRedis
 
-        self.embedded = EmbeddedRedis(self.data_dir / "redis", appendonly=True).start()
+        self.embedded = EmbeddedRedis(self.data_dir / "redis", appendonly=True)  # known to `stop` before it starts
+        self.embedded.start()
         self.redis_url = self.embedded.url
         self.say(f"Redis {self.embedded.version()} (embedded, AOF in {self.data_dir / 'redis'}) at {self.redis_url}")
 
