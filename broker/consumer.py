@@ -312,7 +312,7 @@ class Consumer:
                 check.abandon()  # closes the connection only if the reply was never read
             opened = self._to_run(heads, jobs, verdicts, received, rejected)
         if rejected:
-            position = {(c.stream, e[0]): i for i, (c, e) in enumerate((c, e) for c in chunks for e in c.entries)}
+            position = {key: i for i, key in enumerate((c.stream, e[0]) for c in chunks for e in c.entries)}
             rejected.sort(key=lambda x: position[(x.stream, x.entry_id)])  # dead letters in stream order
             self.dead_letters.move(rejected, self.name)
             for x in rejected:
