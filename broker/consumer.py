@@ -139,6 +139,8 @@ class Consumer:
         reclaim_interval_s: float | None = None,
         reply_maxlen: int = 10_000,
         claim_ms: int | None = None,
+        read_ahead: bool = True,
+        read_ahead_max_age_ms: int = 20,
     ) -> None:
         self.client = client
         self.sealer = sealer
@@ -174,6 +176,17 @@ class Consumer:
         self._last_reclaim = float("-inf")
         self._groups_ready = False
         self._upper_lanes_idle = False  # every lane but the last was empty at the last read (see `fetch`)
+        # read-ahead (see `fetch`): only on a plain client, whose connections can hold a reply for later
+        self.read_ahead = read_ahead and type(client) is redis.Redis
+        self.read_ahead_max_age_s = read_ahead_max_age_ms / 1000
+        self._ahead: Deferred | None = None  # the next read, sent while this one was opened
+        self._ahead_sent = 0.0  # when it was sent (monotonic)
+        self._held: list[_Chunk] = []  # entries read ahead and not handed out yet, lanes in priority order
+        self._held_since = 0.0  # when the read of the oldest of them was sent (monotonic)
+        self._held_read = 0.0  # when the reply of the newest of them came (monotonic)
+        self._rank = {stream: i for i, stream in enumerate(self.streams)}
+        self._ahead_command = ("XREADGROUP", "GROUP", keys.GROUP, self.name, "COUNT", count, "STREAMS", *self.streams)
+        self._ahead_command += (">",) * len(self.streams)
 
     def ensure_groups(self) -> None:
         with redis_errors():
@@ -189,30 +202,81 @@ class Consumer:
 
         While every lane but the last was empty at the last read, one XREADGROUP reads all lanes (one
         round trip instead of one per lane, which a busy batch lane pays on every fetch); Redis counts
-        per lane, so jobs that reached a higher lane meanwhile come first and on top of `count`. The
-        next fetch goes lane by lane again. A blocking read also covers all lanes at once."""
+        per lane, so jobs that reached a higher lane meanwhile come first. A busy higher lane is read
+        alone again from the next fetch on. A blocking read also covers all lanes at once.
+
+        **Read-ahead.** When such a read of all lanes came back full (a backlog), the next one is sent
+        at once and its reply read by the next `fetch`: Redis finds and sends those entries while this
+        consumer opens the current ones, instead of between two fetches. What a read brings beyond
+        `count` is held for the next fetch. Held entries are served before new ones, but if they are
+        older than `read_ahead_max_age_ms` the higher lanes are read first (a job that reached the
+        interactive lane meanwhile is not queued behind them). Entries held for `min_idle_ms / 2` or
+        more are checked before they are served: one another consumer took over is dropped here.
+        `release()` gives held entries back when a consumer stops."""
         if not self._groups_ready:
             self.ensure_groups()
         count = count or self.count
         block_ms = self.block_ms if block_ms is None else block_ms
         with redis_errors():
             chunks = self._reclaim(count) if self._reclaim_due() else []
-            got = sum(len(c.entries) for c in chunks)
+            got = _size(chunks)
             if got < count:
                 chunks += self._read_lanes(count - got)
-                got = sum(len(c.entries) for c in chunks)
+                got = _size(chunks)
             if not got and block_ms > 0:
                 chunks = self._read_new(dict.fromkeys(self.streams, ">"), count, min(block_ms, MAX_BLOCK_MS))
             return self._open_all(chunks) if chunks else []
 
+    def release(self) -> int:
+        """Give back the entries read ahead and not handed out yet (a consumer that stops). Redis
+        Streams cannot undo a delivery, so they stay pending, but as if never delivered: delivery count
+        0 and an idle time past any `min_idle_ms`, so the next reclaim of any consumer takes them at
+        once, as their first delivery. Returns how many."""
+        with redis_errors():
+            held = self._take_held()
+            for chunk in held:
+                self.client.xclaim(
+                    chunk.stream, keys.GROUP, self.name, 0, [e[0] for e in chunk.entries], idle=_RELEASED_IDLE_MS,
+                    retrycount=0, justid=True,
+                )  # fmt: skip
+        return _size(held)
+
     def _read_lanes(self, count: int) -> list[_Chunk]:
-        """New entries, higher lanes first, without blocking (see `fetch`)."""
+        """Up to `count` new entries, higher lanes first, without blocking: held entries first (see
+        `fetch`), then fresh reads; what is beyond `count` is held."""
+        started = time.monotonic()
+        chunks = self._take_held()
+        since = self._held_since if chunks else started
         *upper, last = self.streams
-        if self._upper_lanes_idle:
-            chunks = self._read_new(dict.fromkeys(self.streams, ">"), count, None)
-            self._upper_lanes_idle = all(c.stream == last for c in chunks)
-            return chunks
-        chunks = []
+        if chunks and upper and (not self._upper_lanes_idle or started - since > self.read_ahead_max_age_s):
+            # a higher lane is busy, or the entries were held a while: look there before serving them
+            fresh = self._read_new(dict.fromkeys(upper, ">"), count, None)
+            self._upper_lanes_idle = not fresh
+            chunks += fresh
+        got = _size(chunks)
+        full = False
+        if got < count:
+            if self._upper_lanes_idle:
+                new = self._read_new(dict.fromkeys(self.streams, ">"), count - got, None)
+                self._upper_lanes_idle = all(c.stream == last for c in new)
+                full = _size(new) >= count - got
+            else:
+                new = self._lane_by_lane(count - got)
+            chunks += new
+        rank = self._rank
+        chunks.sort(key=lambda c: rank[c.stream])  # stable: within a lane, older reads first
+        taken, held = _split(chunks, count)
+        if held:
+            self._held, self._held_since, self._held_read = held, min(since, started), time.monotonic()
+        elif full and self.read_ahead and self._upper_lanes_idle:
+            self._ahead = send_deferred(self.client, *self._ahead_command)
+            self._ahead_sent = time.monotonic()
+        return taken
+
+    def _lane_by_lane(self, count: int) -> list[_Chunk]:
+        """New entries, one XREADGROUP per lane in priority order until `count` (a higher lane is busy)."""
+        *upper, last = self.streams
+        chunks: list[_Chunk] = []
         got = 0
         idle = True
         for stream in self.streams:
@@ -222,10 +286,48 @@ class Consumer:
             new = self._read_new({stream: ">"}, count - got, None)
             if new and stream != last:
                 idle = False
-            got += sum(len(c.entries) for c in new)
+            got += _size(new)
             chunks += new
         self._upper_lanes_idle = idle and bool(upper)
         return chunks
+
+    def _take_held(self) -> list[_Chunk]:
+        """The entries read ahead (the reply of the read sent at the last fetch, if any, is read now),
+        checked if they were held long; none are held afterwards."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            new = self._chunks(ahead.result())
+            self._upper_lanes_idle = all(c.stream == self.streams[-1] for c in new)
+            if new:
+                self._held_since = min(self._held_since, self._ahead_sent) if self._held else self._ahead_sent
+                self._held_read = time.monotonic()
+                self._held += new
+        held, self._held = self._held, []
+        if held and time.monotonic() - self._held_since >= self.min_idle_ms / 2000:
+            held = self._still_ours(held)
+        return held
+
+    def _still_ours(self, chunks: list[_Chunk]) -> list[_Chunk]:
+        """Entries held since `_held_since` for `min_idle_ms / 2` or more: those no other consumer took
+        over meanwhile, claimed afresh (idle time reset, delivery count kept); the rest are dropped.
+
+        Another consumer takes an entry only once it is idle for `min_idle_ms`, so not before
+        `_held_since + min_idle_ms`; our read delivered it before now minus the time since we had its reply.
+        XCLAIM with that much minimum idle time takes back exactly the entries nobody delivered since.
+        Entries held too long to tell the two apart are all dropped: still pending, they are reclaimed."""
+        now = time.monotonic()
+        if self._held_read - self._held_since >= self.min_idle_ms / 1000:
+            return []
+        min_idle = int((now - self._held_read) * 1000)
+        out = []
+        for chunk in chunks:
+            ours = set(self.client.xclaim(
+                chunk.stream, keys.GROUP, self.name, min_idle, [e[0] for e in chunk.entries], justid=True
+            ))  # fmt: skip
+            kept = [e for e in chunk.entries if e[0] in ours]
+            if kept:
+                out.append(_Chunk(chunk.stream, kept))
+        return out
 
     def _reclaim_due(self) -> bool:
         now = time.monotonic()
@@ -236,6 +338,10 @@ class Consumer:
 
     def _read_new(self, streams: dict[str, str], count: int, block: int | None) -> list[_Chunk]:
         resp: Any = self._reads.xreadgroup(keys.GROUP, self.name, streams, count=count, block=block)  # type: ignore[arg-type]
+        return self._chunks(resp)
+
+    def _chunks(self, resp: Any) -> list[_Chunk]:
+        """The entries of an XREADGROUP reply, stream by stream."""
         out: list[_Chunk] = []
         for stream, entries in _by_stream(resp):
             if not entries:
@@ -275,10 +381,10 @@ class Consumer:
         sent between the passes) — every body. Bad messages are collected for the dead-letter stream;
         the rest of the read goes on."""
         received = now_ms()
-        zone, open_header, most = self.zone, self.sealer.open_header, self.max_deliveries
+        most = self.max_deliveries
         rejected: list[Rejected] = []
         vanished: list[tuple[str, bytes]] = []
-        heads: list[_Head] = []
+        entries_read: list[tuple[str, bytes, int, Any, bytes, bytes]] = []
         for stream, entries, counts in chunks:
             for entry_id, flat in entries:
                 deliveries = counts.get(entry_id, 1) if counts else 1
@@ -288,22 +394,24 @@ class Consumer:
                 try:
                     if deliveries > most:
                         raise TooManyDeliveries(f"delivered {deliveries} times (limit {most})")
-                    hb, body = _header_and_body(flat)
-                    heads.append((stream, entry_id, deliveries, flat, hb, body, open_header(zone, hb)))
+                    entries_read.append((stream, entry_id, deliveries, flat, *_header_and_body(flat)))
                 except MessageError as exc:
                     rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
+        headers = self.sealer.open_headers(self.zone, [e[4] for e in entries_read])
+        heads: list[_Head] = []
+        for entry, header in zip(entries_read, headers, strict=True):
+            if isinstance(header, MessageError):
+                rejected.append(_rejected(entry[0], entry[1], entry[3], entry[2], header))
+            else:
+                heads.append((*entry, header))
         opened: list[Delivery] = []
         if heads:
             check, script_keys, script_args = self._send_claims(heads)
             try:
-                open_body = self.sealer.body_opener()
-                jobs: list[Job | None] = []
-                for stream, entry_id, deliveries, flat, hb, body, header in heads:
-                    try:
-                        jobs.append(open_body(header, hb, body))
-                    except MessageError as exc:
-                        jobs.append(None)
-                        rejected.append(_rejected(stream, entry_id, flat, deliveries, exc))
+                jobs = self.sealer.open_bodies([(h[6], h[4], h[5]) for h in heads])
+                for (stream, entry_id, deliveries, flat, *_), job in zip(heads, jobs, strict=True):
+                    if isinstance(job, MessageError):
+                        rejected.append(_rejected(stream, entry_id, flat, deliveries, job))
                 try:
                     verdicts: list[int] = check.result()
                 except redis.exceptions.NoScriptError:  # a restarted Redis forgot it: load it and ask again
@@ -344,7 +452,7 @@ class Consumer:
     def _to_run(
         self,
         heads: list[_Head],
-        jobs: list[Job | None],
+        jobs: list[Job | MessageError],
         verdicts: list[int],
         received: int,
         rejected: list[Rejected],
@@ -361,7 +469,7 @@ class Consumer:
         keep: list[Delivery] = []
         seen: dict[str, bytes] = {}  # job id → the entry that carries it in this read
         for (stream, entry_id, deliveries, flat, _, _, _), job, verdict in zip(heads, jobs, verdicts, strict=True):
-            if job is None:
+            if isinstance(job, MessageError):
                 continue
             twin = seen.setdefault(job.header.job_id, entry_id)
             if verdict == 0 and twin is entry_id:
@@ -456,24 +564,59 @@ class Consumer:
         A batch whose handler raises is left unacknowledged: it is reclaimed after `min_idle_ms` and
         dead-lettered once it has been delivered `max_deliveries` times."""
         stop = stop or threading.Event()
-        while not stop.is_set():
-            batch = self.fetch(block_ms=0 if burst else None)
-            if not batch:
-                if burst:
-                    break
-                continue
-            try:
-                outcomes = handler([d.job for d in batch])
-                if len(outcomes) != len(batch):
-                    raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} jobs")
-            except Exception:
-                self.stats.handler_failures += 1
-                log.exception("handler failed on a batch of %d; left for redelivery", len(batch))
-                continue
-            self.complete(list(zip(batch, outcomes, strict=True)))
-            if on_batch:
-                on_batch(len(batch))
+        try:
+            while not stop.is_set():
+                batch = self.fetch(block_ms=0 if burst else None)
+                if not batch:
+                    if burst:
+                        break
+                    continue
+                try:
+                    outcomes = handler([d.job for d in batch])
+                    if len(outcomes) != len(batch):
+                        raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} jobs")
+                except Exception:
+                    self.stats.handler_failures += 1
+                    log.exception("handler failed on a batch of %d; left for redelivery", len(batch))
+                    continue
+                self.complete(list(zip(batch, outcomes, strict=True)))
+                if on_batch:
+                    on_batch(len(batch))
+        finally:
+            self.release_quietly()
         return self.stats
+
+    def release_quietly(self) -> None:
+        """`release`, logging instead of raising when Redis is not reachable (for shutdown paths)."""
+        try:
+            self.release()
+        except Exception as exc:
+            log.warning("could not give back the entries read ahead (reclaimed after min_idle_ms instead): %s", exc)
+
+
+_RELEASED_IDLE_MS = 86_400_000  # what `release` sets an entry's idle time to: past any sensible min_idle_ms
+
+
+def _size(chunks: Sequence[_Chunk]) -> int:
+    return sum(len(c.entries) for c in chunks)
+
+
+def _split(chunks: Sequence[_Chunk], count: int) -> tuple[list[_Chunk], list[_Chunk]]:
+    """The first `count` entries of `chunks`, and the rest (fresh reads only: no delivery counts)."""
+    taken: list[_Chunk] = []
+    rest: list[_Chunk] = []
+    room = count
+    for chunk in chunks:
+        n = len(chunk.entries)
+        if n <= room:
+            taken.append(chunk)
+        elif room > 0:
+            taken.append(_Chunk(chunk.stream, chunk.entries[:room], chunk.deliveries))
+            rest.append(_Chunk(chunk.stream, chunk.entries[room:], chunk.deliveries))
+        else:
+            rest.append(chunk)
+        room -= min(n, room)
+    return taken, rest
 
 
 def _describe(exc: BaseException) -> str:

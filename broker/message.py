@@ -8,7 +8,7 @@ the dead-letter reason. Results are sealed the same way and stored as `msgpack([
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ from broker.schema import (
     ResultBody,
     ResultHeader,
     Sensitivity,
+    invalid_fields,
 )
 
 HEADER_FIELD = b"h"
@@ -148,9 +149,13 @@ class Sealer:
                         attempt=spec.attempt, trace_id=spec.trace_id,
                     )
                 )  # fmt: skip
-                holder.append(_JOB_HEADER.decode(raw))
+                header = _JOB_HEADER.decode(raw)
             except (TypeError, msgspec.DecodeError) as exc:
                 raise ValueError(f"invalid job header: {exc}") from None
+            why = invalid_fields(JobHeader, [header]).get(0)
+            if why:
+                raise ValueError(f"invalid job header: {why}")
+            holder.append(header)
             return raw
 
         header_bytes, body = self.envelope.seal(zone, plaintext, header_for)
@@ -165,10 +170,19 @@ class Sealer:
         """The second half of `open_job`: decrypt and decode the body under its checked header."""
         return self._open_body(header, header_bytes, body, self.envelope.open)
 
-    def body_opener(self) -> Callable[[JobHeader, bytes, bytes], Job]:
-        """`open_body` for the jobs of one read, with data keys looked up once per read (`Envelope.opener`)."""
-        open_sealed = self.envelope.opener()
-        return lambda header, header_bytes, body: self._open_body(header, header_bytes, body, open_sealed)
+    def open_bodies(self, sealed: Sequence[tuple[JobHeader, bytes, bytes]]) -> list[Job | MessageError]:
+        """`open_body` for the jobs of one read, `(header, header_bytes, body)` each: the job, or the
+        `MessageError` that refused it, in order — decrypted in one pass (`Envelope.open_many`, data keys
+        looked up once per read), then decompressed and decoded in another (`Codec.decode_many_as`)."""
+        limit = self.max_body_bytes
+        plaintexts = self.envelope.open_many(
+            (header.kid, header_bytes, body)
+            if len(body) <= limit
+            else OversizedMessage(f"body is {len(body)} bytes, over the limit of {limit}")
+            for header, header_bytes, body in sealed
+        )
+        payloads = self.codec.decode_many_as(plaintexts, _JOB_PAYLOAD)
+        return [p if isinstance(p, MessageError) else Job(item[0], p) for item, p in zip(sealed, payloads, strict=True)]
 
     def _open_body(
         self, header: JobHeader, header_bytes: bytes, body: bytes, open_sealed: Callable[[str, bytes, bytes], bytes]
@@ -183,17 +197,35 @@ class Sealer:
 
     def open_header(self, zone: str, raw: bytes) -> JobHeader:
         """The first half of `open_job`: the clear header, checked (no key needed)."""
-        if len(raw) > MAX_HEADER_BYTES:
-            raise OversizedMessage(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}")
-        try:
-            header = _JOB_HEADER.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise _version_error(raw, exc) from None
-        if header.v not in SUPPORTED_SCHEMA_VERSIONS:
-            raise _version_error(raw, msgspec.DecodeError())
-        if header.zone != zone:
-            raise ZoneMismatch(f"job of zone {header.zone!r} read from zone {zone!r}'s stream")
+        header = self.open_headers(zone, [raw])[0]
+        if isinstance(header, MessageError):
+            raise header
         return header
+
+    def open_headers(self, zone: str, raws: Sequence[bytes]) -> list[JobHeader | MessageError]:
+        """The clear headers of one read, checked (no key needed): each header, or the `MessageError`
+        that refused it, in order. Size, schema version, every field's type and bounds, identifier
+        patterns (once for the whole read: `schema.invalid_fields`) and zone, in that order."""
+        decode = _JOB_HEADER.decode
+        out: list[JobHeader | MessageError] = []
+        for raw in raws:
+            if len(raw) > MAX_HEADER_BYTES:
+                out.append(OversizedMessage(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}"))
+                continue
+            try:
+                out.append(decode(raw))
+            except msgspec.DecodeError as exc:
+                out.append(_version_error(raw, exc))
+        for i, why in invalid_fields(JobHeader, out).items():
+            out[i] = _version_error(raws[i], msgspec.ValidationError(why))
+        for i, header in enumerate(out):
+            if isinstance(header, MessageError):
+                continue
+            if header.v not in SUPPORTED_SCHEMA_VERSIONS:
+                out[i] = _version_error(raws[i], msgspec.DecodeError())
+            elif header.zone != zone:
+                out[i] = ZoneMismatch(f"job of zone {header.zone!r} read from zone {zone!r}'s stream")
+        return out
 
     # -- results ----------------------------------------------------------------------------------
 
@@ -231,6 +263,9 @@ class Sealer:
             header = _RESULT_HEADER.decode(header_bytes)
         except (ValueError, TypeError, msgspec.DecodeError) as exc:  # includes msgpack errors and bad shapes
             raise MalformedMessage(f"stored result of {job_id} is not readable: {exc}") from None
+        why = invalid_fields(ResultHeader, [header]).get(0)
+        if why:
+            raise MalformedMessage(f"stored result of {job_id} is not readable: {why}")
         if header.v not in SUPPORTED_SCHEMA_VERSIONS:
             raise UnsupportedSchema(f"result schema version {header.v!r} is not supported")
         if header.zone != zone or header.job_id != job_id:

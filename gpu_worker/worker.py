@@ -422,6 +422,7 @@ class Worker:
         self.draining.set()
         if self._metrics.ready is not None:
             self._metrics.ready.set(0)
+        self.consumer.release_quietly()  # entries read ahead and not taken: to the next reclaim at once
         deadline = time.monotonic() + grace_s
         with self._cond:
             while self._in_flight and time.monotonic() < deadline:
