@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import redis
+from hiredis import pack_command
+from redis.commands.core import Script
 
 from broker.errors import ConfigError, RedisUnavailable
 
@@ -104,7 +106,9 @@ class Deferred:
         self._pool = client.connection_pool
         self._conn = self._pool.get_connection()
         try:
-            self._conn.send_command(*args)
+            # hiredis packs the whole command in C; redis-py's own packer first walks every argument
+            # in Python (a read's replay check has 300 of them)
+            self._conn.send_packed_command([pack_command(args)])
         except BaseException:
             self.abandon()
             raise
@@ -136,6 +140,16 @@ def send_deferred(client: redis.Redis, *args: Any) -> Deferred:
     return Deferred(client, args)
 
 
+def run_script(script: Script, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """`script(keys=…, args=…)` by the short path of `Deferred`: the raw reply, without redis-py's
+    retry wrapper, response callbacks and per-argument packing. A Redis that forgot the script (a
+    restart) gets it loaded by redis-py's own call."""
+    try:
+        return Deferred(client, ("EVALSHA", script.sha, len(keys), *keys, *args)).result()
+    except redis.exceptions.NoScriptError:
+        return script(keys=keys, args=args, client=client)
+
+
 __all__ = [
     "CLUSTER_SCHEMES",
     "MAX_BLOCK_MS",
@@ -144,5 +158,6 @@ __all__ = [
     "connect",
     "ensure_group",
     "redis_errors",
+    "run_script",
     "send_deferred",
 ]

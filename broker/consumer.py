@@ -38,7 +38,7 @@ import redis
 
 from broker import keys
 from broker.codec import unpack
-from broker.connection import MAX_BLOCK_MS, Deferred, ensure_group, redis_errors, send_deferred
+from broker.connection import MAX_BLOCK_MS, Deferred, ensure_group, redis_errors, run_script, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
 from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
@@ -513,9 +513,11 @@ class Consumer:
             for stream, ds in by_stream.items():
                 for i in range(0, len(ds), ACK_CHUNK):
                     chunk = ds[i : i + ACK_CHUNK]
-                    self._ack_delete(
-                        keys=[stream, *[cp + d.job.job_id for d in chunk]],
-                        args=[keys.GROUP, *[d.entry_id for d in chunk]],
+                    run_script(
+                        self._ack_delete,
+                        self.client,
+                        [stream, *[cp + d.job.job_id for d in chunk]],
+                        [keys.GROUP, *[d.entry_id for d in chunk]],
                     )
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> int:
@@ -544,7 +546,7 @@ class Consumer:
             ]
             args += [delivery.entry_id, stored, h.job_id, 1 if h.reply_to else 0]
         with redis_errors():
-            created = int(self._complete(keys=script_keys, args=args))
+            created = int(run_script(self._complete, self.client, script_keys, args))
         self.stats.completed += len(items)
         self.stats.duplicates += len(items) - created
         return created

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from broker.connection import send_deferred
+from broker.connection import run_script, send_deferred
 
 
 def test_a_deferred_reply_is_the_reply_of_its_own_command(r: redis.Redis, zone: str) -> None:
@@ -40,3 +40,13 @@ def test_an_error_reply_is_raised_when_read(r: redis.Redis, zone: str) -> None:
     else:
         raise AssertionError("a command on the wrong type must fail")
     assert r.get(key) == b"x"
+
+
+def test_run_script_loads_a_script_redis_forgot(r: redis.Redis, zone: str) -> None:
+    """A restarted Redis has no scripts: `run_script` gets NOSCRIPT on its short path and loads it."""
+    script = r.register_script("return {KEYS[1], ARGV[1], #ARGV}")
+    key = f"test:{zone}:script"
+    assert run_script(script, r, [key], ["a", b"\xff", 7]) == [key.encode(), b"a", 3]
+    r.script_flush()
+    assert run_script(script, r, [key], [b"b"]) == [key.encode(), b"b", 1]
+    assert r.script_exists(script.sha) == [True]

@@ -7,8 +7,9 @@ Users (one `edge-` and one `worker-` user per zone; `exporter` and `admin` are g
                     the cost gate (read the breaker, take its half-open trickle); its device report.
                     Nothing else: no XREADGROUP, XRANGE, KEYS, DEL of jobs, FLUSHALL, CONFIG.
     api-<zone>      the jobs HTTP API: an edge's rights, plus its tenant tokens and job owners (`api:*`).
-    worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XPENDING; the CLAIM_EACH script: job-id claims),
-                    complete (the COMPLETE script: SET NX results, XACK, XDEL, reply XADD, DEL claims),
+    worker-<zone>   consume (XREADGROUP, XAUTOCLAIM, XCLAIM, XPENDING; the CLAIM_EACH script: job-id
+                    claims), complete (the COMPLETE script: SET NX results, XACK, XTRIM MINID/XDEL of the
+                    acknowledged, reply XADD, DEL claims),
                     dead-letter (MULTI: XADD to the DLQ + XACK + XDEL),
                     the cost ledger, heartbeats, the breaker.
     exporter        read-only commands (`+@read -@dangerous`, INFO, TIME) on `hyb:*`, and EVALSHA of its
@@ -154,9 +155,11 @@ def worker_user(zone: str) -> AclUser:
                 (
                     "xreadgroup",
                     "xautoclaim",
+                    "xclaim",  # touch (idle reset), read-ahead check and release (broker/consumer.py)
                     "xpending",
                     "xack",
                     "xdel",
+                    "xtrim",  # MINID only, of what is acknowledged (ack_delete in broker/scripts.py)
                     "xgroup|create",
                     "xlen",
                     "xrange",
