@@ -152,19 +152,30 @@ def invalid_fields(cls: type, items: Sequence[Any]) -> dict[int, str]:
     costs one regex call per patterned field: its distinct values are joined by newlines and matched
     at once (no value holds a newline, and no pattern matches one); only a failing field is looked
     at value by value."""
+    checks = _checks.get(cls) or _checks_of(cls)
+    if len(items) == 1:  # one header (sealing a job, opening one result): straight to its values
+        x = items[0]
+        for name, (get, one, _) in checks.items() if type(x) is cls else ():
+            v = get(x)
+            if v is not None and not one.fullmatch(v):
+                return {0: _mismatch(name, one)}
+        return {}
     structs = [(i, x) for i, x in enumerate(items) if type(x) is cls]
     bad: dict[int, str] = {}
-    for name, (get, one, many) in _checks_of(cls).items():
-        if len(structs) > 1:  # one header (a client opening one result): straight to the value
-            values = [v for v in dict.fromkeys(map(get, (x for _, x in structs))) if v is not None]
-            joined = "\n".join(values)
-            if not values or (joined.count("\n") == len(values) - 1 and many.fullmatch(joined)):
-                continue
+    for name, (get, one, many) in checks.items():
+        values = [v for v in dict.fromkeys(map(get, (x for _, x in structs))) if v is not None]
+        joined = "\n".join(values)
+        if not values or (joined.count("\n") == len(values) - 1 and many.fullmatch(joined)):
+            continue
         for i, x in structs:
             v = get(x)
             if v is not None and i not in bad and not one.fullmatch(v):
-                bad[i] = f"Expected `str` matching regex {one.pattern!r} - at `$.{name}`"
+                bad[i] = _mismatch(name, one)
     return bad
+
+
+def _mismatch(name: str, pattern: re.Pattern[str]) -> str:
+    return f"Expected `str` matching regex {pattern.pattern!r} - at `$.{name}`"
 
 
 __all__ = [
