@@ -44,6 +44,7 @@ class BrokerSettings(BaseSettings):
     min_idle_ms: int = Field(default=60_000, ge=0)
     read_count: int = Field(default=32, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=0)
+    read_ahead: bool = True  # a full read sends the next at once (docs/broker.md, "Read-ahead")
     admission_policy: Path | None = None  # limits file (TOML/YAML); producers skip admission without it
     budget_gate: bool = False  # producers refuse cloud-bound jobs while the zone's cost breaker is open
     key_provider: Literal["keyring", "pkcs11"] = "keyring"  # pkcs11: KEKs in an HSM (HYB_PKCS11_LIB/TOKEN/PIN)

@@ -140,7 +140,7 @@ def worker_run(
     consumer = Consumer(
         client, sealer_from_settings(settings), settings.zone, name,
         count=settings.read_count, block_ms=settings.block_ms, min_idle_ms=settings.min_idle_ms,
-        max_deliveries=settings.max_deliveries, result_ttl_s=settings.result_ttl_s,
+        max_deliveries=settings.max_deliveries, result_ttl_s=settings.result_ttl_s, read_ahead=settings.read_ahead,
     )  # fmt: skip
     registry = CollectorRegistry()
     w = Worker(

@@ -33,6 +33,18 @@ def test_settings_from_env_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert load_settings(zone="bd-dhaka").zone == "bd-dhaka"  # explicit beats file
 
 
+def test_read_ahead_is_on_unless_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HYB_CONFIG", raising=False)
+    assert load_settings().read_ahead is True
+    monkeypatch.setenv("HYB_READ_AHEAD", "0")
+    assert load_settings().read_ahead is False
+    cfg = tmp_path / "hybrid.toml"
+    cfg.write_text("read_ahead = false\n")
+    monkeypatch.delenv("HYB_READ_AHEAD")
+    monkeypatch.setenv("HYB_CONFIG", str(cfg))
+    assert load_settings().read_ahead is False
+
+
 def test_unknown_or_bad_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "hybrid.toml"
     cfg.write_text("max_delivries = 9\n")  # misspelt: must not be silently ignored
