@@ -8,7 +8,7 @@ the dead-letter reason. Results are sealed the same way and stored as `msgpack([
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -167,8 +167,11 @@ class Sealer:
         return self.open_body(self.open_header(zone, header_bytes), header_bytes, body)
 
     def open_body(self, header: JobHeader, header_bytes: bytes, body: bytes) -> Job:
-        """The second half of `open_job`: decrypt and decode the body under its checked header."""
-        return self._open_body(header, header_bytes, body, self.envelope.open)
+        """The second half of `open_job`: decrypt and decode the body under its checked header. (The
+        one-message reference that `open_bodies` is tested against.)"""
+        if len(body) > self.max_body_bytes:
+            raise OversizedMessage(f"body is {len(body)} bytes, over the limit of {self.max_body_bytes}")
+        return Job(header, self.codec.decode_as(self.envelope.open(header.kid, header_bytes, body), _JOB_PAYLOAD))
 
     def open_bodies(self, sealed: Sequence[tuple[JobHeader, bytes, bytes]]) -> list[Job | MessageError]:
         """`open_body` for the jobs of one read, `(header, header_bytes, body)` each: the job, or the
@@ -183,13 +186,6 @@ class Sealer:
         )
         payloads = self.codec.decode_many_as(plaintexts, _JOB_PAYLOAD)
         return [p if isinstance(p, MessageError) else Job(item[0], p) for item, p in zip(sealed, payloads, strict=True)]
-
-    def _open_body(
-        self, header: JobHeader, header_bytes: bytes, body: bytes, open_sealed: Callable[[str, bytes, bytes], bytes]
-    ) -> Job:
-        if len(body) > self.max_body_bytes:
-            raise OversizedMessage(f"body is {len(body)} bytes, over the limit of {self.max_body_bytes}")
-        return Job(header, self.codec.decode_as(open_sealed(header.kid, header_bytes, body), _JOB_PAYLOAD))
 
     def read_job_header(self, zone: str, entry: Mapping[bytes, bytes]) -> JobHeader:
         """Validate the clear header only (no key needed): schema version, fields, zone."""

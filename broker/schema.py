@@ -152,7 +152,7 @@ def invalid_fields(cls: type, items: Sequence[Any]) -> dict[int, str]:
     costs one regex call per patterned field: its distinct values are joined by newlines and matched
     at once (no value holds a newline, and no pattern matches one); only a failing field is looked
     at value by value."""
-    checks = _checks.get(cls) or _checks_of(cls)
+    checks = _checks_of(cls)
     if len(items) == 1:  # one header (sealing a job, opening one result): straight to its values
         x = items[0]
         for name, (get, one, _) in checks.items() if type(x) is cls else ():

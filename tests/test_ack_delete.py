@@ -20,12 +20,17 @@ def _left(r: redis.Redis, stream: str) -> list[bytes]:
     return [eid for eid, _ in r.xrange(stream)]
 
 
+def _batch_lane_of(r: redis.Redis, sealer: Sealer, zone: str, n: int) -> tuple[str, list[bytes]]:
+    """`n` jobs submitted to the batch lane: its stream and their entry ids, oldest first."""
+    Client(r, sealer, zone).submit_many(JobSpec(task="t", inputs={"i": i}, lane="batch") for i in range(n))
+    stream = keys.jobs_stream(zone, "batch")
+    return stream, _left(r, stream)
+
+
 def test_acknowledged_heads_go_and_the_backlog_stays(
     r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
 ) -> None:
-    Client(r, sealer, zone).submit_many(JobSpec(task="t", inputs={"i": i}, lane="batch") for i in range(30))
-    stream = keys.jobs_stream(zone, "batch")
-    everything = _left(r, stream)
+    stream, everything = _batch_lane_of(r, sealer, zone, 30)
     consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=10, read_ahead=False)
     first = consumer.fetch(block_ms=0)
     consumer.ack(first)  # nothing pending after it: trimmed up to the last delivered entry, which goes too
@@ -39,9 +44,7 @@ def test_acknowledged_heads_go_and_the_backlog_stays(
 def test_an_older_pending_entry_stops_the_trim_and_newer_ones_are_deleted_one_by_one(
     r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
 ) -> None:
-    Client(r, sealer, zone).submit_many(JobSpec(task="t", inputs={"i": i}, lane="batch") for i in range(12))
-    stream = keys.jobs_stream(zone, "batch")
-    everything = _left(r, stream)
+    stream, everything = _batch_lane_of(r, sealer, zone, 12)
     slow = Consumer(r, worker_sealer(keyring_path, zone), zone, "slow", count=2, read_ahead=False)
     fast = Consumer(r, worker_sealer(keyring_path, zone), zone, "fast", count=4, read_ahead=False)
     held = slow.fetch(block_ms=0)  # entries 0 and 1, pending with `slow`
