@@ -4,8 +4,10 @@
 
 Everything is measured in the same run on one redis-server that this benchmark starts itself
 (loopback, no persistence): raw pipelined XADD, sealed `submit_many`, raw XREADGROUP+XACK, sealed
-consume (read + open + ack), and end-to-end no-op jobs (enqueue → result available, sealed both
-ways, one worker process) next to the peers doing the same no-op job with one worker each. The four
+consume (read + open + ack: the acknowledgement of each read pipelined with the next fetch, every one
+confirmed before the clock stops; also with each acknowledgement awaited, as
+`sealed_consume_sync_ack_per_s`), and end-to-end no-op jobs (enqueue → result available, sealed both
+ways, one worker process) next to the peers doing the same no-op job with one worker each. The five
 in-process rates are medians of `--rounds` interleaved rounds (raw and ours alternate, so a slow spell
 of a shared machine hits both), the end-to-end rate a median of up to 3. Prints a table and writes
 JSON: top-level keys for 1 KB payloads, the same keys under `kb10` for 10 KB, every sample under
@@ -137,7 +139,10 @@ class Bench:
         self.r.delete(stream)
         return result
 
-    def sealed_consume(self, n: int, text: str) -> float:
+    def sealed_consume(self, n: int, text: str, *, wait: bool = False) -> float:
+        """`fetch` + `ack`; by default each read's acknowledgement is pipelined (`ack(wait=False)`: sent,
+        and confirmed by the next `fetch` while it opens its read; the last one by `flush`, inside the
+        timing), with `wait=True` each one is awaited before the next fetch."""
         zone = self.zone()
         Client(self.r, self.sealer(zone), zone).submit_many(
             JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)
@@ -148,10 +153,14 @@ class Bench:
             done = 0
             while done < n:
                 batch = consumer.fetch(block_ms=0)
-                consumer.ack(batch)
+                consumer.ack(batch, wait=wait)
                 done += len(batch)
+            consumer.flush()
 
-        return rate(n, go)
+        result = rate(n, go)
+        if self.r.xlen(keys.jobs_stream(zone, "batch")):
+            raise RuntimeError("sealed consume left entries in the stream: an acknowledgement did not land")
+        return result
 
     # -- end to end -------------------------------------------------------------------------------
 
@@ -200,6 +209,7 @@ def measure(bench: Bench, n: int, n_e2e: int, n_peer: int, size: int, peers: boo
         ("sealed_submit_per_s", lambda: bench.sealed_submit(n, text)),
         ("raw_consume_per_s", lambda: bench.raw_consume(n, text)),
         ("sealed_consume_per_s", lambda: bench.sealed_consume(n, text)),
+        ("sealed_consume_sync_ack_per_s", lambda: bench.sealed_consume(n, text, wait=True)),
     ]
     samples: dict[str, list[float]] = {key: [] for key, _ in steps}
     for i in range(rounds):
@@ -236,10 +246,19 @@ def ratios(m: dict[str, Any]) -> dict[str, float | None]:
     return {
         "sealed_submit_vs_raw_xadd": round(m["sealed_submit_per_s"] / m["raw_xadd_per_s"], 3),
         "sealed_consume_vs_raw_consume": round(m["sealed_consume_per_s"] / m["raw_consume_per_s"], 3),
+        "sealed_consume_sync_ack_vs_raw_consume": round(m["sealed_consume_sync_ack_per_s"] / m["raw_consume_per_s"], 3),
         "e2e_vs_fastest_peer": round(m["e2e_per_s"] / best_peer, 2) if best_peer else None,
     }
 
 
+RATES = (
+    "raw_xadd_per_s",
+    "sealed_submit_per_s",
+    "raw_consume_per_s",
+    "sealed_consume_per_s",
+    "sealed_consume_sync_ack_per_s",
+    "e2e_per_s",
+)
 TARGETS = {"sealed_submit_vs_raw_xadd": 0.25, "sealed_consume_vs_raw_consume": 0.45, "e2e_vs_fastest_peer": 5.0}
 
 
@@ -250,7 +269,7 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_column("1 KB", justify="right")
     table.add_column("10 KB", justify="right")
     k10 = result["kb10"]
-    for key in ("raw_xadd_per_s", "sealed_submit_per_s", "raw_consume_per_s", "sealed_consume_per_s", "e2e_per_s"):
+    for key in RATES:
         table.add_row(key, f"{result[key]:,.0f}", f"{k10[key]:,.0f}")
     for name in PEERS:
         a, b = result["peers"].get(name), k10["peers"].get(name)
@@ -261,6 +280,8 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row(
             f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-"
         )
+    key = "sealed_consume_sync_ack_vs_raw_consume"
+    table.add_row(f"{key} (no target)", f"{result['ratios'][key]}", f"{k10['ratios'][key]}")
     out.print(table)
     for name, cfg in result["peer_config"].items():
         out.print(f"[dim]{name}: {cfg}[/]")
@@ -306,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_version": server.version(),
                 **machine(),
                 "ours": f"submit_many appends {CHUNK} jobs per Lua call; one worker process reading {READ}/XREADGROUP; "
+                "consume: each read's XACK+delete pipelined with the next fetch (ack(wait=False)); "
                 "results stored and acked by one Lua call per batch; replay check + job-id claims in one "
                 "deferred Lua call per read; msgspec wire types; "
                 f"AES-256-GCM + zstd level {DEFAULT_LEVEL}, DEK reused ≤10k msgs",

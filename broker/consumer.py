@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis
+from redis.commands.core import Script
 
 from broker import keys
 from broker.codec import unpack
@@ -73,6 +74,15 @@ class ConsumerStats:
     handler_failures: int = 0
     held_back: int = 0  # copies of a job id another entry was running: left pending, looked at again later
     dead_lettered: Counter[str] = field(default_factory=Counter)
+
+
+class _Unconfirmed(NamedTuple):
+    """An acknowledgement sent and not confirmed yet (`ack(wait=False)`): the script call to read, and
+    its keys and arguments to run it again if Redis forgot the script."""
+
+    reply: Deferred
+    keys: list[Any]
+    args: list[Any]
 
 
 class _Chunk(NamedTuple):
@@ -181,10 +191,12 @@ class Consumer:
         self.read_ahead_max_age_s = read_ahead_max_age_ms / 1000
         self._ahead: Deferred | None = None  # the next read, sent while this one was opened
         self._ahead_sent = 0.0  # when it was sent (monotonic)
+        self._ahead_was_full = False  # the reply of the last read-ahead filled its count (a backlog goes on)
         self._held: list[_Chunk] = []  # entries read ahead and not handed out yet, lanes in priority order
         self._held_since = 0.0  # when the read of the oldest of them was sent (monotonic)
         self._held_read = 0.0  # when the reply of the newest of them came (monotonic)
         self._rank = {stream: i for i, stream in enumerate(self.streams)}
+        self._unconfirmed: list[_Unconfirmed] = []  # acknowledgements sent with ack(wait=False)
         self._ahead_command = ("XREADGROUP", "GROUP", keys.GROUP, self.name, "COUNT", count, "STREAMS", *self.streams)
         self._ahead_command += (">",) * len(self.streams)
 
@@ -212,7 +224,9 @@ class Consumer:
         older than `read_ahead_max_age_ms` the higher lanes are read first (a job that reached the
         interactive lane meanwhile is not queued behind them). Entries held for `min_idle_ms / 2` or
         more are checked before they are served: one another consumer took over is dropped here.
-        `release()` gives held entries back when a consumer stops."""
+        `release()` gives held entries back when a consumer stops.
+
+        Acknowledgements sent with `ack(wait=False)` are confirmed here, after the read was opened."""
         if not self._groups_ready:
             self.ensure_groups()
         count = count or self.count
@@ -224,16 +238,21 @@ class Consumer:
                 chunks += self._read_lanes(count - got)
                 got = _size(chunks)
             if not got and block_ms > 0:
+                self.flush()  # nothing to overlap with: confirm before waiting
                 chunks = self._read_new(dict.fromkeys(self.streams, ">"), count, min(block_ms, MAX_BLOCK_MS))
-            return self._open_all(chunks) if chunks else []
+            opened = self._open_all(chunks) if chunks else []
+            self.flush()  # acknowledgements pipelined by the caller (`ack(wait=False)`), run by now
+            return opened
 
     def release(self) -> int:
         """Give back the entries read ahead and not handed out yet (a consumer that stops). Redis
         Streams cannot undo a delivery, so they stay pending, but as if never delivered: delivery count
         0 and an idle time past any `min_idle_ms`, so the next reclaim of any consumer takes them at
-        once, as their first delivery. Returns how many."""
+        once, as their first delivery. Returns how many. Pipelined acknowledgements are confirmed first."""
+        self.flush()
         with redis_errors():
             held = self._take_held()
+            self._ahead_was_full = False
             for chunk in held:
                 self.client.xclaim(
                     chunk.stream, keys.GROUP, self.name, 0, [e[0] for e in chunk.entries], idle=_RELEASED_IDLE_MS,
@@ -246,6 +265,7 @@ class Consumer:
         `fetch`), then fresh reads; what is beyond `count` is held."""
         started = time.monotonic()
         chunks = self._take_held()
+        full, self._ahead_was_full = self._ahead_was_full, False  # a full read-ahead: the backlog goes on
         since = self._held_since if chunks else started
         *upper, last = self.streams
         if chunks and upper and (not self._upper_lanes_idle or started - since > self.read_ahead_max_age_s):
@@ -254,7 +274,6 @@ class Consumer:
             self._upper_lanes_idle = not fresh
             chunks += fresh
         got = _size(chunks)
-        full = False
         if got < count:
             if self._upper_lanes_idle:
                 new = self._read_new(dict.fromkeys(self.streams, ">"), count - got, None)
@@ -262,6 +281,7 @@ class Consumer:
                 full = _size(new) >= count - got
             else:
                 new = self._lane_by_lane(count - got)
+                full = False
             chunks += new
         rank = self._rank
         chunks.sort(key=lambda c: rank[c.stream])  # stable: within a lane, older reads first
@@ -298,6 +318,7 @@ class Consumer:
             ahead, self._ahead = self._ahead, None
             new = self._chunks(ahead.result())
             self._upper_lanes_idle = all(c.stream == self.streams[-1] for c in new)
+            self._ahead_was_full = _size(new) >= self.count
             if new:
                 self._held_since = min(self._held_since, self._ahead_sent) if self._held else self._ahead_sent
                 self._held_read = time.monotonic()
@@ -500,25 +521,70 @@ class Consumer:
                 pipe.xclaim(stream, keys.GROUP, self.name, 0, ids, justid=True)
             pipe.execute()
 
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
+    def ack(self, deliveries: Sequence[Delivery], *, wait: bool = True) -> None:
         """Acknowledge (and delete) entries without storing a result — for jobs dropped on purpose. Their
-        job ids' claims go with them, so a later copy of such a job runs."""
+        job ids' claims go with them, so a later copy of such a job runs.
+
+        With `wait=False` the acknowledgement is pipelined: sent now, and its reply read by this
+        consumer's next `fetch` (after that fetch has opened its read, so Redis executes the one while
+        this process works on the other), by `flush()`, or by `release()`. Redis runs it as soon as it
+        arrives either way; only the confirmation comes later, and an error in it is raised by the
+        call that reads it. A process that dies first loses nothing but the confirmation: an entry
+        whose acknowledgement did not land is redelivered (at-least-once), as after a crash just
+        before `ack`. A loop of `fetch` + `ack(wait=False)` ends with `flush()` (or `release()`)."""
         if not deliveries:
             return
         by_stream: dict[str, list[Delivery]] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d)
         cp = self._claim_prefix
+        sent: list[_Unconfirmed] = []
         with redis_errors():
-            for stream, ds in by_stream.items():
-                for i in range(0, len(ds), ACK_CHUNK):
-                    chunk = ds[i : i + ACK_CHUNK]
-                    run_script(
-                        self._ack_delete,
-                        self.client,
-                        [stream, *[cp + d.job.job_id for d in chunk]],
-                        [keys.GROUP, *[d.entry_id for d in chunk]],
-                    )
+            try:
+                for stream, ds in by_stream.items():
+                    for i in range(0, len(ds), ACK_CHUNK):
+                        chunk = ds[i : i + ACK_CHUNK]
+                        script_keys = [stream, *[cp + d.job.job_id for d in chunk]]
+                        script_args = [keys.GROUP, *[d.entry_id for d in chunk]]
+                        sent.append(
+                            _Unconfirmed(
+                                self._send_script(self._ack_delete, script_keys, script_args), script_keys, script_args
+                            )
+                        )
+            finally:
+                if wait:
+                    self._confirm(sent)
+                else:
+                    self._unconfirmed += sent
+
+    def flush(self) -> None:
+        """Read the replies of the acknowledgements sent with `ack(wait=False)`; raises the first error."""
+        with redis_errors():
+            taken: list[_Unconfirmed] = []
+            while self._unconfirmed:
+                taken.append(self._unconfirmed.pop(0))  # one reader per reply, whichever thread flushes
+            self._confirm(taken)
+
+    def _send_script(self, script: Script, script_keys: list[Any], script_args: list[Any]) -> Deferred:
+        return send_deferred(self.client, "EVALSHA", script.sha, len(script_keys), *script_keys, *script_args)
+
+    def _confirm(self, sent: list[_Unconfirmed]) -> None:
+        """Read each reply; a Redis that forgot the script (a restart) gets it loaded and run again. The
+        first error is raised once every reply was read or abandoned."""
+        error: BaseException | None = None
+        for item in sent:
+            try:
+                if error is None:
+                    try:
+                        item.reply.result()
+                    except redis.exceptions.NoScriptError:
+                        self._ack_delete(keys=item.keys, args=item.args)
+            except BaseException as exc:  # re-raised below, once the rest were read
+                error = exc
+            finally:
+                item.reply.abandon()  # closes the connection only if the reply was never read
+        if error is not None:
+            raise error
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> int:
         """Store each result (once per job id) and acknowledge its entry; returns results created."""

@@ -58,6 +58,18 @@ def test_a_full_read_sends_the_next_and_release_gives_it_back(
     assert _ids(again) == ids[8:12] and [d.deliveries for d in again] == [1, 1, 1, 1]
 
 
+def test_a_backlog_is_read_ahead_at_every_fetch(r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str) -> None:
+    """A fetch served from a full read sent ahead sends the next one too (not only every other fetch)."""
+    _submit(r, sealer, zone, 24)
+    consumer = Consumer(r, worker_sealer(keyring_path, zone), zone, "w1", count=4)
+    stream = keys.jobs_stream(zone, "batch")
+    consumer.ack(consumer.fetch(block_ms=0))  # lane by lane: the interactive lane is found empty
+    for _ in range(4):
+        consumer.ack(consumer.fetch(block_ms=0))  # the next read is sent before this fetch returns
+        assert r.xpending(stream, keys.GROUP)["pending"] == 4
+    assert len(consumer.fetch(block_ms=0)) == 4 and not consumer.fetch(block_ms=0)
+
+
 def test_held_batch_jobs_give_way_to_interactive_ones(
     r: redis.Redis, sealer: Sealer, keyring_path: Path, zone: str
 ) -> None:
