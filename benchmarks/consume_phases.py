@@ -5,7 +5,7 @@
 A profiler for `benchmarks.broker`'s `sealed_consume_per_s`, not a benchmark with a target. It runs
 the steps of `Consumer.fetch` one by one, in its order, on the good path (every message opens, none
 is a replay) — read the lanes (with read-ahead, mostly the reply of the read sent at the last
-fetch), check the clear headers, send the replay/claim check, open the bodies, read the check's
+fetch), check the clear headers, send the replay/claim check (and then the next read), open the bodies, read the check's
 answer, make the deliveries, read the reply of the last read's acknowledgement — then `ack` the
 read, pipelined (`ack(wait=False)`, as `benchmarks.broker` does), timing each with
 `perf_counter_ns`, 100 entries per read as in `benchmarks.broker`. The raw loop (XREADGROUP +
@@ -60,6 +60,7 @@ def sealed_round(bench: Bench, n: int, text: str, into: dict[str, list[float]]) 
         heads: list[Any] = [(*e, h) for e, h in zip(read, headers, strict=True)]
         t2 = now()
         check, _, _ = consumer._send_claims(heads)
+        consumer._send_ahead()
         t3 = now()
         jobs: list[Any] = sealer.open_bodies([(h[6], h[4], h[5]) for h in heads])
         t4 = now()

@@ -163,7 +163,7 @@ class Codec:
                 append(frame)
                 continue
             try:
-                if frame[:4] == ZSTD_MAGIC:
+                if frame.startswith(ZSTD_MAGIC):
                     params = frame_size(frame)
                     if params.dict_id or not 0 < params.content_size <= limit:
                         append(self.decode_as(frame, decoder))  # a dictionary, or a size to refuse

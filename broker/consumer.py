@@ -192,6 +192,7 @@ class Consumer:
         self._ahead: Deferred | None = None  # the next read, sent while this one was opened
         self._ahead_sent = 0.0  # when it was sent (monotonic)
         self._ahead_was_full = False  # the reply of the last read-ahead filled its count (a backlog goes on)
+        self._ahead_due = False  # a read-ahead was decided on and is not sent yet
         self._held: list[_Chunk] = []  # entries read ahead and not handed out yet, lanes in priority order
         self._held_since = 0.0  # when the read of the oldest of them was sent (monotonic)
         self._held_read = 0.0  # when the reply of the newest of them came (monotonic)
@@ -241,6 +242,7 @@ class Consumer:
                 self.flush()  # nothing to overlap with: confirm before waiting
                 chunks = self._read_new(dict.fromkeys(self.streams, ">"), count, min(block_ms, MAX_BLOCK_MS))
             opened = self._open_all(chunks) if chunks else []
+            self._send_ahead()  # if `_open_all` did not (nothing in the read got as far as the check)
             self.flush()  # acknowledgements pipelined by the caller (`ack(wait=False)`), run by now
             return opened
 
@@ -252,7 +254,7 @@ class Consumer:
         self.flush()
         with redis_errors():
             held = self._take_held()
-            self._ahead_was_full = False
+            self._ahead_was_full = self._ahead_due = False
             for chunk in held:
                 self.client.xclaim(
                     chunk.stream, keys.GROUP, self.name, 0, [e[0] for e in chunk.entries], idle=_RELEASED_IDLE_MS,
@@ -264,6 +266,7 @@ class Consumer:
         """Up to `count` new entries, higher lanes first, without blocking: held entries first (see
         `fetch`), then fresh reads; what is beyond `count` is held."""
         started = time.monotonic()
+        self._ahead_due = False
         chunks = self._take_held()
         full, self._ahead_was_full = self._ahead_was_full, False  # a full read-ahead: the backlog goes on
         since = self._held_since if chunks else started
@@ -289,9 +292,17 @@ class Consumer:
         if held:
             self._held, self._held_since, self._held_read = held, min(since, started), time.monotonic()
         elif full and self.read_ahead and self._upper_lanes_idle:
+            self._ahead_due = True  # sent once this read's replay check is (`_send_ahead`)
+        return taken
+
+    def _send_ahead(self) -> None:
+        """Send the read-ahead `_read_lanes` decided on. It goes after the read's replay check, so that
+        Redis, which runs one command at a time, answers the check (awaited once the bodies are open)
+        before it looks for the next entries (read at the next fetch)."""
+        if self._ahead_due:
+            self._ahead_due = False
             self._ahead = send_deferred(self.client, *self._ahead_command)
             self._ahead_sent = time.monotonic()
-        return taken
 
     def _lane_by_lane(self, count: int) -> list[_Chunk]:
         """New entries, one XREADGROUP per lane in priority order until `count` (a higher lane is busy)."""
@@ -428,6 +439,7 @@ class Consumer:
         opened: list[Delivery] = []
         if heads:
             check, script_keys, script_args = self._send_claims(heads)
+            self._send_ahead()  # after the check: Redis answers the check, which is awaited first
             try:
                 jobs = self.sealer.open_bodies([(h[6], h[4], h[5]) for h in heads])
                 for (stream, entry_id, deliveries, flat, *_), job in zip(heads, jobs, strict=True):
@@ -489,12 +501,13 @@ class Consumer:
         by then the job has a result (`replayed`), or its entry is gone without one and the copy runs."""
         keep: list[Delivery] = []
         seen: dict[str, bytes] = {}  # job id → the entry that carries it in this read
-        for (stream, entry_id, deliveries, flat, _, _, _), job, verdict in zip(heads, jobs, verdicts, strict=True):
+        new = tuple.__new__  # Delivery(...) without the named tuple's Python-level __new__: half the cost
+        for (stream, entry_id, deliveries, flat, _, _, header), job, verdict in zip(heads, jobs, verdicts, strict=True):
             if isinstance(job, MessageError):
                 continue
-            twin = seen.setdefault(job.header.job_id, entry_id)
+            twin = seen.setdefault(header.job_id, entry_id)
             if verdict == 0 and twin is entry_id:
-                keep.append(Delivery(stream, entry_id, deliveries, received, job))
+                keep.append(new(Delivery, (stream, entry_id, deliveries, received, job)))
                 continue
             if verdict == 2 and twin is entry_id:
                 self.stats.held_back += 1
@@ -534,23 +547,21 @@ class Consumer:
         before `ack`. A loop of `fetch` + `ack(wait=False)` ends with `flush()` (or `release()`)."""
         if not deliveries:
             return
-        by_stream: dict[str, list[Delivery]] = {}
-        for d in deliveries:
-            by_stream.setdefault(d.stream, []).append(d)
         cp = self._claim_prefix
+        by_stream: dict[str, tuple[list[str], list[bytes]]] = {}  # stream → claim keys, entry ids
+        for d in deliveries:
+            claims, ids = by_stream.get(d.stream) or by_stream.setdefault(d.stream, ([], []))
+            claims.append(cp + d.job.header.job_id)
+            ids.append(d.entry_id)
         sent: list[_Unconfirmed] = []
         with redis_errors():
             try:
-                for stream, ds in by_stream.items():
-                    for i in range(0, len(ds), ACK_CHUNK):
-                        chunk = ds[i : i + ACK_CHUNK]
-                        script_keys = [stream, *[cp + d.job.job_id for d in chunk]]
-                        script_args = [keys.GROUP, *[d.entry_id for d in chunk]]
-                        sent.append(
-                            _Unconfirmed(
-                                self._send_script(self._ack_delete, script_keys, script_args), script_keys, script_args
-                            )
-                        )
+                for stream, (claims, ids) in by_stream.items():
+                    for i in range(0, len(ids), ACK_CHUNK):
+                        script_keys: list[Any] = [stream, *claims[i : i + ACK_CHUNK]]
+                        script_args: list[Any] = [keys.GROUP, *ids[i : i + ACK_CHUNK]]
+                        reply = self._send_script(self._ack_delete, script_keys, script_args)
+                        sent.append(_Unconfirmed(reply, script_keys, script_args))
             finally:
                 if wait:
                     self._confirm(sent)

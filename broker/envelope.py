@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -113,6 +114,7 @@ class Envelope:
         memo: dict[tuple[str, bytes], AESGCM] = {}
         out: list[bytes | MessageError] = []
         append = out.append
+        last_kid, last_key, last_aead = "", b"\xff", cast(AESGCM, None)  # the message before: kid, body start, key
         for item in sealed:
             if isinstance(item, MessageError):
                 append(item)
@@ -123,10 +125,15 @@ class Envelope:
                 if not nonce_at or len(body) < nonce_at + NONCE_BYTES + TAG_BYTES:
                     append(self._open(kid, aad, body, self._reader))  # raises, saying what is wrong
                     continue
-                ck = (kid, body[2:nonce_at])
-                aead = memo.get(ck)
-                if aead is None:
-                    aead = memo[ck] = self._reader(*ck)
+                if kid == last_kid and body.startswith(last_key):
+                    aead = last_aead  # the usual case: the same data key as the message before
+                else:
+                    ck = (kid, body[2:nonce_at])
+                    found = memo.get(ck)
+                    if found is None:
+                        found = memo[ck] = self._reader(*ck)
+                    aead = last_aead = found
+                    last_kid, last_key = kid, body[:nonce_at]
                 ct_at = nonce_at + NONCE_BYTES
                 append(aead.decrypt(body[nonce_at:ct_at], body[ct_at:], aad))
             except InvalidTag:

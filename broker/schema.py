@@ -160,16 +160,19 @@ def invalid_fields(cls: type, items: Sequence[Any]) -> dict[int, str]:
             if v is not None and not one.fullmatch(v):
                 return {0: _mismatch(name, one)}
         return {}
-    structs = [(i, x) for i, x in enumerate(items) if type(x) is cls]
+    structs = [x for x in items if type(x) is cls]
     bad: dict[int, str] = {}
     for name, (get, one, many) in checks.items():
-        values = [v for v in dict.fromkeys(map(get, (x for _, x in structs))) if v is not None]
+        values = set(map(get, structs))
+        values.discard(None)
         joined = "\n".join(values)
         if not values or (joined.count("\n") == len(values) - 1 and many.fullmatch(joined)):
             continue
-        for i, x in structs:
+        for i, x in enumerate(items):
+            if type(x) is not cls or i in bad:
+                continue
             v = get(x)
-            if v is not None and i not in bad and not one.fullmatch(v):
+            if v is not None and not one.fullmatch(v):
                 bad[i] = _mismatch(name, one)
     return bad
 
