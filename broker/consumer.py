@@ -417,11 +417,15 @@ class Consumer:
         rejected: list[Rejected] = []
         vanished: list[tuple[str, bytes]] = []
         entries_read: list[tuple[str, bytes, int, Any, bytes, bytes]] = []
+        h, b = HEADER_FIELD, BODY_FIELD
         for stream, entries, counts in chunks:
             for entry_id, flat in entries:
                 deliveries = counts.get(entry_id, 1) if counts else 1
                 if not flat:  # deleted while pending (Redis 6.2 returns it with no fields): nothing to run
                     vanished.append((stream, entry_id))
+                    continue
+                if deliveries <= most and type(flat) is list and len(flat) == 4 and flat[0] == h and flat[2] == b:
+                    entries_read.append((stream, entry_id, deliveries, flat, flat[1], flat[3]))  # the usual entry
                     continue
                 try:
                     if deliveries > most:
@@ -469,9 +473,8 @@ class Consumer:
     def _send_claims(self, heads: list[_Head]) -> tuple[Deferred, list[str], list[Any]]:
         """Send the replay and duplicate check of a read (`scripts.CLAIM_EACH`); its answer is read later."""
         rp, cp = self._result_prefix, self._claim_prefix  # job ids were checked by the header schema
-        script_keys = [*self._all_streams]
-        for h in heads:
-            script_keys += (rp + h[6].job_id, cp + h[6].job_id)
+        ids = [h[6].job_id for h in heads]
+        script_keys = [*self._all_streams, *[rp + j for j in ids], *[cp + j for j in ids]]
         script_args: list[Any] = [keys.GROUP, self.claim_ms, len(self._all_streams)]
         prefix = self._token_prefix
         script_args += [prefix[h[0]] + h[1] for h in heads]

@@ -40,13 +40,20 @@ class Lane(StrEnum):
 LANES_BY_PRIORITY: tuple[Lane, ...] = (Lane.INTERACTIVE, Lane.BATCH)
 
 
+_valid_zones: set[str] = set()  # zones that passed `check_zone` (it runs once per job sealed)
+
+
 def check_zone(zone: str) -> str:
     """Return `zone` if it is a valid zone name (lower-case letters, digits, dashes; ≤ 32 chars)."""
+    if zone in _valid_zones:
+        return zone
     if not _ZONE_RE.match(zone):
         raise ValueError(
             f"invalid zone {zone!r}: use 1-32 lower-case letters, digits and dashes, starting with a letter "
             "or digit (it becomes a Redis hash tag)"
         )
+    if len(_valid_zones) < 1024:
+        _valid_zones.add(zone)
     return zone
 
 

@@ -8,7 +8,7 @@ import redis
 
 from broker import keys
 from broker.admission import Admission, Entry
-from broker.connection import ensure_group, redis_errors
+from broker.connection import ensure_group, redis_errors, run_script
 from broker.message import JobSpec, Sealer
 from broker.scripts import APPEND
 
@@ -89,7 +89,7 @@ class Producer:
                 self._ensure_group(stream)
                 streams.append(stream)
             args += [streams.index(stream) + 1, hb, body]
-        self._append(keys=streams, args=args)
+        run_script(self._append, self.client, streams, args)  # hiredis packs the 1,500 arguments in one C call
 
 
 __all__ = ["Producer"]

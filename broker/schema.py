@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import typing
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -146,6 +147,12 @@ def _checks_of(cls: type) -> _Checks:
     return checks
 
 
+_REPEATING = frozenset({"zone", "kid", "reply_to"})
+"""Patterned fields whose values repeat from message to message (a job id does not)."""
+_matched: defaultdict[str, set[str]] = defaultdict(set)
+"""Pattern → values of `_REPEATING` fields that matched it: checked once, not at every job sealed."""
+
+
 def invalid_fields(cls: type, items: Sequence[Any]) -> dict[int, str]:
     """The items of type `cls` (others are skipped) whose string fields do not match their declared
     `Matches`: index → what is wrong, worded like msgspec's own errors. A good read — the usual case —
@@ -157,8 +164,12 @@ def invalid_fields(cls: type, items: Sequence[Any]) -> dict[int, str]:
         x = items[0]
         for name, (get, one, _) in checks.items() if type(x) is cls else ():
             v = get(x)
-            if v is not None and not one.fullmatch(v):
+            if v is None or v in _matched[one.pattern]:
+                continue
+            if not one.fullmatch(v):
                 return {0: _mismatch(name, one)}
+            if name in _REPEATING and len(_matched[one.pattern]) < 4096:
+                _matched[one.pattern].add(v)
         return {}
     structs = [x for x in items if type(x) is cls]
     bad: dict[int, str] = {}

@@ -218,7 +218,7 @@ return {1, peak}
 """
 
 # The replay and duplicate check of one read, and the claim of each job id it lets run.
-# KEYS: the zone's job streams (L of them), then for job i: result key, claim key
+# KEYS: the zone's job streams (L of them), then the N jobs' result keys, then their N claim keys
 # ARGV: group, claim_ms, L, then for job i: its claim token, "<job stream>\n<entry id>"
 # Returns, for job i: 0 = run it (its claim is now this entry's, for claim_ms), 1 = it already has a
 # result (a replay or a duplicate submission of a finished job), 2 = another entry of the same job id
@@ -233,15 +233,13 @@ local group, lease, nl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local streams = {}
 for s = 1, nl do streams[KEYS[s]] = true end
 local n = (#KEYS - nl) / 2
-local rkeys = {}
-for i = 1, n do rkeys[i] = KEYS[nl + 2 * i - 1] end
 -- the usual read has no replay: one variadic EXISTS says so, instead of one per job
 local replays = 0
-for i = 1, n, 1000 do replays = replays + redis.call('EXISTS', unpack(rkeys, i, math.min(i + 999, n))) end
+for i = 1, n, 1000 do replays = replays + redis.call('EXISTS', unpack(KEYS, nl + i, nl + math.min(i + 999, n))) end
 local out = {}
 for i = 1, n do
-  local ckey, token = KEYS[nl + 2 * i], ARGV[3 + i]
-  if replays > 0 and redis.call('EXISTS', rkeys[i]) == 1 then
+  local ckey, token = KEYS[nl + n + i], ARGV[3 + i]
+  if replays > 0 and redis.call('EXISTS', KEYS[nl + i]) == 1 then
     out[i] = 1
   elseif redis.call('SET', ckey, token, 'NX', 'PX', lease) then
     out[i] = 0

@@ -22,6 +22,21 @@ def test_ulids_follow_the_spec_and_are_monotonic() -> None:
     assert encode_ulid(int(reference)) == str(reference)
 
 
+def test_ids_made_in_one_millisecond_count_up_through_every_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a millisecond the random part counts up one at a time, its text digit by digit; each id
+    must still be exactly the encoding of its number, across carries of one digit and of several."""
+    import broker.ids as ids
+
+    monkeypatch.setattr(ids.time, "time_ns", lambda: 1_700_000_000_000 * 1_000_000)  # one frozen millisecond
+    first = new_ulid()
+    start = int(ulid.ULID.from_str(first))
+    monkeypatch.setattr(ids, "_last_random", (1 << 80) - 1 - 40 - 1024 * 32)  # carries of 1 to 4 digits ahead
+    monkeypatch.setattr(ids, "_random_part", ids._encode_random(ids._last_random))
+    made = [new_ulid() for _ in range(1024 * 32 + 35)]
+    base = (start >> 80 << 80) + ids._RANDOM_MAX - 40 - 1024 * 32
+    assert made == [encode_ulid(base + 1 + i) for i in range(len(made))]
+
+
 def test_settings_from_env_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "hybrid.toml"
     cfg.write_text('zone = "in-wb"\nmax_deliveries = 9\n')
