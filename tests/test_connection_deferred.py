@@ -1,9 +1,12 @@
-"""`send_deferred`: a command sent now, its reply read later, on a connection nobody else uses meanwhile."""
+"""`send_deferred`: a command sent now, its reply read later, on a connection nobody else uses meanwhile;
+a connection whose reply was read whole is kept a moment for the next one."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
+from broker import connection
 from broker.connection import run_script, send_deferred
 
 
@@ -50,3 +53,33 @@ def test_run_script_loads_a_script_redis_forgot(r: redis.Redis, zone: str) -> No
     r.script_flush()
     assert run_script(script, r, [key], [b"b"]) == [key.encode(), b"b", 1]
     assert r.script_exists(script.sha) == [True]
+
+
+def _client_id(r: redis.Redis) -> int:
+    return int(send_deferred(r, "CLIENT", "ID").result())
+
+
+def test_a_connection_is_kept_for_the_next_deferred_only_while_fresh(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = r.connection_pool
+    asked: list[int] = []
+    from_pool = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda: asked.append(1) or from_pool())
+    first = _client_id(r)
+    with pytest.raises(redis.ResponseError):
+        send_deferred(r, "LPUSH", "test:deferred:no-such-command-args").result()  # an error reply, read whole
+    assert _client_id(r) == first and len(asked) == 1  # the same connection, not asked of the pool again
+    monkeypatch.setattr(connection, "KEEP_S", 0.0)  # from now on every kept connection is too old
+    _client_id(r)
+    assert len(asked) == 2  # back to the pool, which checks a connection before it hands it out
+
+
+def test_a_connection_from_before_a_fork_is_not_reused(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = send_deferred(r, "PING")
+    conn = first._conn
+    first.result()
+    conn.pid = -1  # as a forked child sees its parent's connection
+    second = send_deferred(r, "PING")
+    assert second._conn is not conn
+    second.result()
