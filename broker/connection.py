@@ -103,12 +103,13 @@ class _KeptConnections:
 
     redis-py's pool spends about 10 µs on each get/release pair (a lock, metrics, and a non-blocking
     read with two `fcntl` calls around it to check that the connection holds no stray reply), and the
-    consumer makes three `Deferred`s per read (measured: +8 % consume throughput without it). A kept
-    connection is clean by construction — its last reply was read whole — and it worked less than
-    `KEEP_S` ago, so it is reused as it is; an older one goes back to the pool, whose checks see a
-    server that went away meanwhile (after a Redis restart, only a connection used within the last
-    0.1 s can fail once, like a command in flight would). At most `MAX_KEPT` per pool; they stay
-    checked out of it, so `pool.disconnect()` still closes them (the next use reconnects)."""
+    consumer makes three `Deferred`s per read (keeping connections: +5.5 % consume throughput;
+    docs/benchmarks.md). A kept connection is clean by construction — its last reply was read whole —
+    and it worked less than `KEEP_S` ago, so it is reused as it is; an older one goes back to the
+    pool, whose checks see a server that went away meanwhile (after a Redis restart, only a connection
+    used within the last 0.1 s can fail once, like a command in flight would). At most `MAX_KEPT` per
+    pool; they stay checked out of it, so `pool.disconnect()` still closes them (the next use
+    reconnects)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
