@@ -59,7 +59,7 @@ def sealed_round(bench: Bench, n: int, text: str, into: dict[str, list[float]]) 
         headers = sealer.open_headers(zone, [e[4] for e in read])
         heads: list[Any] = [(*e, h) for e, h in zip(read, headers, strict=True)]
         t2 = now()
-        check, _, _ = consumer._send_claims(heads)
+        check = consumer._send_claims(heads)
         consumer._send_ahead()
         t3 = now()
         jobs: list[Any] = sealer.open_bodies([(h[6], h[4], h[5]) for h in heads])

@@ -198,14 +198,29 @@ def send_deferred(client: redis.Redis, *args: Any) -> Deferred:
     return Deferred(client, args)
 
 
+class SentScript:
+    """An EVALSHA sent now, its reply read later (a `Deferred`), with what it takes to run it again:
+    `result()` loads and runs the script by redis-py's own call if Redis forgot it (a restart)."""
+
+    def __init__(self, script: Script, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        self._script, self._client, self._keys, self._args = script, client, keys, args
+        self._reply = Deferred(client, ("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def result(self) -> Any:
+        try:
+            return self._reply.result()
+        except redis.exceptions.NoScriptError:
+            return self._script(keys=self._keys, args=self._args, client=self._client)
+
+    def abandon(self) -> None:
+        """As `Deferred.abandon`: closes the connection only if the reply was never read."""
+        self._reply.abandon()
+
+
 def run_script(script: Script, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """`script(keys=…, args=…)` by the short path of `Deferred`: the raw reply, without redis-py's
-    retry wrapper, response callbacks and per-argument packing. A Redis that forgot the script (a
-    restart) gets it loaded by redis-py's own call."""
-    try:
-        return Deferred(client, ("EVALSHA", script.sha, len(keys), *keys, *args)).result()
-    except redis.exceptions.NoScriptError:
-        return script(keys=keys, args=args, client=client)
+    retry wrapper, response callbacks and per-argument packing (`SentScript`, read at once)."""
+    return SentScript(script, client, keys, args).result()
 
 
 __all__ = [
@@ -213,6 +228,7 @@ __all__ = [
     "MAX_BLOCK_MS",
     "TLS_ENV",
     "Deferred",
+    "SentScript",
     "connect",
     "ensure_group",
     "redis_errors",

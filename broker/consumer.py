@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis
-from redis.commands.core import Script
 
 from broker import keys
 from broker.codec import unpack
-from broker.connection import MAX_BLOCK_MS, Deferred, ensure_group, redis_errors, run_script, send_deferred
+from broker.connection import MAX_BLOCK_MS, Deferred, SentScript, ensure_group, redis_errors, run_script, send_deferred
 from broker.dead_letter import DeadLetters, Rejected
 from broker.errors import DeadlinePassed, MessageError, ReplayedMessage, TooManyDeliveries
 from broker.message import BODY_FIELD, HEADER_FIELD, Job, Sealer, entry_fields, now_ms
@@ -74,15 +73,6 @@ class ConsumerStats:
     handler_failures: int = 0
     held_back: int = 0  # copies of a job id another entry was running: left pending, looked at again later
     dead_lettered: Counter[str] = field(default_factory=Counter)
-
-
-class _Unconfirmed(NamedTuple):
-    """An acknowledgement sent and not confirmed yet (`ack(wait=False)`): the script call to read, and
-    its keys and arguments to run it again if Redis forgot the script."""
-
-    reply: Deferred
-    keys: list[Any]
-    args: list[Any]
 
 
 class _Chunk(NamedTuple):
@@ -197,7 +187,7 @@ class Consumer:
         self._held_since = 0.0  # when the read of the oldest of them was sent (monotonic)
         self._held_read = 0.0  # when the reply of the newest of them came (monotonic)
         self._rank = {stream: i for i, stream in enumerate(self.streams)}
-        self._unconfirmed: list[_Unconfirmed] = []  # acknowledgements sent with ack(wait=False)
+        self._unconfirmed: list[SentScript] = []  # acknowledgements sent with ack(wait=False)
         self._ahead_command = ("XREADGROUP", "GROUP", keys.GROUP, self.name, "COUNT", count, "STREAMS", *self.streams)
         self._ahead_command += (">",) * len(self.streams)
 
@@ -442,17 +432,14 @@ class Consumer:
                 heads.append((*entry, header))
         opened: list[Delivery] = []
         if heads:
-            check, script_keys, script_args = self._send_claims(heads)
+            check = self._send_claims(heads)
             self._send_ahead()  # after the check: Redis answers the check, which is awaited first
             try:
                 jobs = self.sealer.open_bodies([(h[6], h[4], h[5]) for h in heads])
                 for (stream, entry_id, deliveries, flat, *_), job in zip(heads, jobs, strict=True):
                     if isinstance(job, MessageError):
                         rejected.append(_rejected(stream, entry_id, flat, deliveries, job))
-                try:
-                    verdicts: list[int] = check.result()
-                except redis.exceptions.NoScriptError:  # a restarted Redis forgot it: load it and ask again
-                    verdicts = self._claim_each(keys=script_keys, args=script_args)
+                verdicts: list[int] = check.result()
             finally:
                 check.abandon()  # closes the connection only if the reply was never read
             opened = self._to_run(heads, jobs, verdicts, received, rejected)
@@ -470,7 +457,7 @@ class Consumer:
             pipe.execute()
         return opened
 
-    def _send_claims(self, heads: list[_Head]) -> tuple[Deferred, list[str], list[Any]]:
+    def _send_claims(self, heads: list[_Head]) -> SentScript:
         """Send the replay and duplicate check of a read (`scripts.CLAIM_EACH`); its answer is read later."""
         rp, cp = self._result_prefix, self._claim_prefix  # job ids were checked by the header schema
         ids = [h[6].job_id for h in heads]
@@ -478,12 +465,7 @@ class Consumer:
         script_args: list[Any] = [keys.GROUP, self.claim_ms, len(self._all_streams)]
         prefix = self._token_prefix
         script_args += [prefix[h[0]] + h[1] for h in heads]
-        sha = self._claim_each.sha
-        return (
-            send_deferred(self.client, "EVALSHA", sha, len(script_keys), *script_keys, *script_args),
-            script_keys,
-            script_args,
-        )
+        return SentScript(self._claim_each, self.client, script_keys, script_args)
 
     def _to_run(
         self,
@@ -556,15 +538,14 @@ class Consumer:
             claims, ids = by_stream.get(d.stream) or by_stream.setdefault(d.stream, ([], []))
             claims.append(cp + d.job.header.job_id)
             ids.append(d.entry_id)
-        sent: list[_Unconfirmed] = []
+        sent: list[SentScript] = []
         with redis_errors():
             try:
                 for stream, (claims, ids) in by_stream.items():
                     for i in range(0, len(ids), ACK_CHUNK):
-                        script_keys: list[Any] = [stream, *claims[i : i + ACK_CHUNK]]
-                        script_args: list[Any] = [keys.GROUP, *ids[i : i + ACK_CHUNK]]
-                        reply = self._send_script(self._ack_delete, script_keys, script_args)
-                        sent.append(_Unconfirmed(reply, script_keys, script_args))
+                        script_keys = [stream, *claims[i : i + ACK_CHUNK]]
+                        script_args = [keys.GROUP, *ids[i : i + ACK_CHUNK]]
+                        sent.append(SentScript(self._ack_delete, self.client, script_keys, script_args))
             finally:
                 if wait:
                     self._confirm(sent)
@@ -574,29 +555,24 @@ class Consumer:
     def flush(self) -> None:
         """Read the replies of the acknowledgements sent with `ack(wait=False)`; raises the first error."""
         with redis_errors():
-            taken: list[_Unconfirmed] = []
+            taken: list[SentScript] = []
             while self._unconfirmed:
                 taken.append(self._unconfirmed.pop(0))  # one reader per reply, whichever thread flushes
             self._confirm(taken)
 
-    def _send_script(self, script: Script, script_keys: list[Any], script_args: list[Any]) -> Deferred:
-        return send_deferred(self.client, "EVALSHA", script.sha, len(script_keys), *script_keys, *script_args)
-
-    def _confirm(self, sent: list[_Unconfirmed]) -> None:
-        """Read each reply; a Redis that forgot the script (a restart) gets it loaded and run again. The
-        first error is raised once every reply was read or abandoned."""
+    @staticmethod
+    def _confirm(sent: list[SentScript]) -> None:
+        """Read each reply (`SentScript` runs a script Redis forgot again); the first error is raised
+        once every reply was read or abandoned."""
         error: BaseException | None = None
         for item in sent:
             try:
                 if error is None:
-                    try:
-                        item.reply.result()
-                    except redis.exceptions.NoScriptError:
-                        self._ack_delete(keys=item.keys, args=item.args)
+                    item.result()
             except BaseException as exc:  # re-raised below, once the rest were read
                 error = exc
             finally:
-                item.reply.abandon()  # closes the connection only if the reply was never read
+                item.abandon()  # closes the connection only if the reply was never read
         if error is not None:
             raise error
 

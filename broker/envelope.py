@@ -103,7 +103,16 @@ class Envelope:
 
     def open(self, kid: str, aad: bytes, body: bytes) -> bytes:
         """Decrypt a body; `MalformedMessage`, `UnknownKey` or `TamperedMessage` when it cannot be opened."""
-        return self._open(kid, aad, body, self._reader)
+        if len(body) < 2 or body[0] != FORMAT_V1:
+            raise MalformedMessage("body is not an envelope of format 1", raw=body)
+        n = body[1]
+        if len(body) < 2 + n + NONCE_BYTES + TAG_BYTES:
+            raise MalformedMessage(f"body is truncated ({len(body)} bytes)", raw=body)
+        aead = self._reader(kid, body[2 : 2 + n])
+        try:
+            return aead.decrypt(body[2 + n : 2 + n + NONCE_BYTES], body[2 + n + NONCE_BYTES :], aad)
+        except InvalidTag:
+            raise TamperedMessage("authentication failed: the header or the body was changed", raw=body) from None
 
     def open_many(self, sealed: Iterable[tuple[str, bytes, bytes] | MessageError]) -> list[bytes | MessageError]:
         """`open` for the messages of one read, `(kid, aad, body)` each: the plaintext, or the
@@ -123,7 +132,7 @@ class Envelope:
             try:
                 nonce_at = 2 + body[1] if len(body) >= 2 and body[0] == FORMAT_V1 else 0
                 if not nonce_at or len(body) < nonce_at + NONCE_BYTES + TAG_BYTES:
-                    append(self._open(kid, aad, body, self._reader))  # raises, saying what is wrong
+                    append(self.open(kid, aad, body))  # raises, saying what is wrong
                     continue
                 if kid == last_kid and body.startswith(last_key):
                     aead = last_aead  # the usual case: the same data key as the message before
@@ -141,19 +150,6 @@ class Envelope:
             except MessageError as exc:
                 append(exc)
         return out
-
-    @staticmethod
-    def _open(kid: str, aad: bytes, body: bytes, reader: Callable[[str, bytes], AESGCM]) -> bytes:
-        if len(body) < 2 or body[0] != FORMAT_V1:
-            raise MalformedMessage("body is not an envelope of format 1", raw=body)
-        n = body[1]
-        if len(body) < 2 + n + NONCE_BYTES + TAG_BYTES:
-            raise MalformedMessage(f"body is truncated ({len(body)} bytes)", raw=body)
-        aead = reader(kid, body[2 : 2 + n])
-        try:
-            return aead.decrypt(body[2 + n : 2 + n + NONCE_BYTES], body[2 + n + NONCE_BYTES :], aad)
-        except InvalidTag:
-            raise TamperedMessage("authentication failed: the header or the body was changed", raw=body) from None
 
     def _reader(self, kid: str, wrapped: bytes) -> AESGCM:
         self.provider.check_usable(kid)  # a revoked KEK's data keys are not used, even from the cache

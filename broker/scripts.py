@@ -226,8 +226,8 @@ return {1, peak}
 # A claim whose entry is no longer pending (acknowledged, dead-lettered, deleted) is stale and is
 # taken over; the entry that holds a claim takes it again when it is reclaimed after a crash.
 # The usual job costs one call (SET NX PX): replays are ruled out for the whole read by one variadic
-# EXISTS, and a claim is looked at (GET, XPENDING) only when SET NX finds one (7.5 → 2.6 µs of
-# server time per job; docs/benchmarks.md).
+# EXISTS, and a claim is looked at (GET, XPENDING) only when SET NX finds one (5.7 → 4.6 µs of
+# server time per job, most of it Lua's cost per `redis.call`; docs/benchmarks.md).
 CLAIM_EACH = """
 local group, lease, nl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local streams = {}
