@@ -11,7 +11,9 @@ ways, one worker process) next to the peers doing the same no-op job with one wo
 in-process rates are medians of `--rounds` interleaved rounds (raw and ours alternate, so a slow spell
 of a shared machine hits both), the end-to-end rate a median of up to 3. Prints a table and writes
 JSON: top-level keys for 1 KB payloads, the same keys under `kb10` for 10 KB, every sample under
-`samples`.
+`samples`. Each in-process rate also records the CPU it cost per message, this process's and
+`redis-server`'s (`cpu_us_per_msg`, medians): unlike a rate, CPU time hardly moves when the shared
+host is busy, and it shows how many cores a loop keeps busy.
 """
 
 from __future__ import annotations
@@ -80,6 +82,22 @@ class Bench:
         self.workdir = workdir
         self.keyring = workdir / "keyring.json"
         self._zones = 0
+        self.last_cpu: dict[str, float] = {}  # µs per message of the last `timed` call: client, server
+
+    def timed(self, n: int, fn: Callable[[], Any]) -> float:
+        """`rate`, and the CPU time this process and `redis-server` spent in it, per message."""
+        server_before = self.server_cpu_s()
+        client_before = time.process_time()
+        result = rate(n, fn)
+        client = time.process_time() - client_before
+        server = self.server_cpu_s() - server_before
+        self.last_cpu = {"client": round(client / n * 1e6, 2), "server": round(server / n * 1e6, 2)}
+        return result
+
+    def server_cpu_s(self) -> float:
+        """CPU seconds `redis-server` has used, user and system (`INFO cpu`: getrusage, µs precision)."""
+        info: dict[str, Any] = self.r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def zone(self) -> str:
         self._zones += 1
@@ -103,7 +121,7 @@ class Bench:
                     pipe.xadd(stream, {b"p": body})
                 pipe.execute()
 
-        result = rate(n, go)
+        result = self.timed(n, go)
         self.r.delete(stream)
         return result
 
@@ -111,7 +129,7 @@ class Bench:
         zone = self.zone()
         client = Client(self.r, self.sealer(zone), zone)
         specs = [JobSpec(task="noop", inputs={"text": text}, lane="batch") for _ in range(n)]
-        result = rate(n, lambda: client.submit_many(specs))
+        result = self.timed(n, lambda: client.submit_many(specs))
         self.r.delete(keys.jobs_stream(zone, "batch"))
         return result
 
@@ -135,7 +153,7 @@ class Bench:
                 self.r.xack(stream, "g", *ids)
                 done += len(ids)
 
-        result = rate(n, go)
+        result = self.timed(n, go)
         self.r.delete(stream)
         return result
 
@@ -157,7 +175,7 @@ class Bench:
                 done += len(batch)
             consumer.flush()
 
-        result = rate(n, go)
+        result = self.timed(n, go)
         if self.r.xlen(keys.jobs_stream(zone, "batch")):
             raise RuntimeError("sealed consume left entries in the stream: an acknowledgement did not land")
         return result
@@ -212,12 +230,19 @@ def measure(bench: Bench, n: int, n_e2e: int, n_peer: int, size: int, peers: boo
         ("sealed_consume_sync_ack_per_s", lambda: bench.sealed_consume(n, text, wait=True)),
     ]
     samples: dict[str, list[float]] = {key: [] for key, _ in steps}
+    cpu: dict[str, dict[str, list[float]]] = {key: {"client": [], "server": []} for key, _ in steps}
     for i in range(rounds):
         for key, fn in steps:
             console.log(f"{size} B: {key} (round {i + 1} of {rounds}) …")
             samples[key].append(round(fn(), 1))
+            for side, us in bench.last_cpu.items():
+                cpu[key][side].append(us)
     for key, values in samples.items():
         out[key] = statistics.median(values)
+    out["cpu_us_per_msg"] = {
+        key.removesuffix("_per_s"): {side: statistics.median(v) for side, v in sides.items()}
+        for key, sides in cpu.items()
+    }
     out["samples"] = samples
     e2e_rounds = min(rounds, 3)  # each starts a worker process: a few are enough for a median
     samples["e2e_per_s"] = []
@@ -241,6 +266,11 @@ def measure(bench: Bench, n: int, n_e2e: int, n_peer: int, size: int, peers: boo
     return out
 
 
+def cpu_total(m: dict[str, Any], step: str) -> float:
+    """Client and server CPU per message of an in-process step, µs."""
+    return float(sum(m["cpu_us_per_msg"][step].values()))
+
+
 def ratios(m: dict[str, Any]) -> dict[str, float | None]:
     best_peer = max((v for v in m.get("peers", {}).values() if v), default=None)
     return {
@@ -248,6 +278,7 @@ def ratios(m: dict[str, Any]) -> dict[str, float | None]:
         "sealed_consume_vs_raw_consume": round(m["sealed_consume_per_s"] / m["raw_consume_per_s"], 3),
         "sealed_consume_sync_ack_vs_raw_consume": round(m["sealed_consume_sync_ack_per_s"] / m["raw_consume_per_s"], 3),
         "e2e_vs_fastest_peer": round(m["e2e_per_s"] / best_peer, 2) if best_peer else None,
+        "cpu_raw_vs_sealed_consume": round(cpu_total(m, "raw_consume") / cpu_total(m, "sealed_consume"), 3),
     }
 
 
@@ -280,9 +311,17 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row(
             f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-"
         )
-    key = "sealed_consume_sync_ack_vs_raw_consume"
-    table.add_row(f"{key} (no target)", f"{result['ratios'][key]}", f"{k10['ratios'][key]}")
+    for key in ("sealed_consume_sync_ack_vs_raw_consume", "cpu_raw_vs_sealed_consume"):
+        table.add_row(f"{key} (no target)", f"{result['ratios'][key]}", f"{k10['ratios'][key]}")
+    for step in result["cpu_us_per_msg"]:
+        a, b = result["cpu_us_per_msg"][step], k10["cpu_us_per_msg"][step]
+        table.add_row(
+            f"CPU µs/msg {step}",
+            f"{a['client']:.1f} + {a['server']:.1f}",
+            f"{b['client']:.1f} + {b['server']:.1f}",
+        )
     out.print(table)
+    out.print("[dim]CPU µs/msg: this process + redis-server, CPU time per message (medians of the rounds)[/]")
     for name, cfg in result["peer_config"].items():
         out.print(f"[dim]{name}: {cfg}[/]")
     c = result["config"]
