@@ -13,7 +13,8 @@ of a shared machine hits both), the end-to-end rate a median of up to 3. Prints 
 JSON: top-level keys for 1 KB payloads, the same keys under `kb10` for 10 KB, every sample under
 `samples`. Each in-process rate also records the CPU it cost per message, this process's and
 `redis-server`'s (`cpu_us_per_msg`, medians): unlike a rate, CPU time hardly moves when the shared
-host is busy, and it shows how many cores a loop keeps busy.
+host is busy, and it shows how many cores a loop keeps busy. `round_ratios` gives each target's ratio
+within every round (lowest, median, highest): how far a shared host moved one pair.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ def measure(bench: Bench, n: int, n_e2e: int, n_peer: int, size: int, peers: boo
                 console.log(f"[red]peer {name} failed: {exc}")
                 out["peers"][name] = None
     out["ratios"] = ratios(out)
+    out["round_ratios"] = round_ratios(samples)
     return out
 
 
@@ -282,6 +284,25 @@ def ratios(m: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+ROUND_PAIRS = {
+    "sealed_submit_vs_raw_xadd": ("sealed_submit_per_s", "raw_xadd_per_s"),
+    "sealed_consume_vs_raw_consume": ("sealed_consume_per_s", "raw_consume_per_s"),
+    "sealed_consume_sync_ack_vs_raw_consume": ("sealed_consume_sync_ack_per_s", "raw_consume_per_s"),
+}
+
+
+def round_ratios(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each ratio taken within every round (ours ÷ the baseline measured in the same round): its lowest,
+    median and highest. `ratios` divides the medians of all rounds; the spread says how much a
+    shared host moved one pair."""
+    out: dict[str, dict[str, float]] = {}
+    for key, (ours, base) in ROUND_PAIRS.items():
+        pairs = [a / b for a, b in zip(samples[ours], samples[base], strict=True)]
+        low, mid, high = min(pairs), statistics.median(pairs), max(pairs)
+        out[key] = {"min": round(low, 3), "median": round(mid, 3), "max": round(high, 3)}
+    return out
+
+
 RATES = (
     "raw_xadd_per_s",
     "sealed_submit_per_s",
@@ -295,6 +316,8 @@ TARGETS = {"sealed_submit_vs_raw_xadd": 0.25, "sealed_consume_vs_raw_consume": 0
 
 def print_table(result: dict[str, Any]) -> None:
     out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # into a file or a pipe: not the 80 columns rich assumes there
     table = Table(title=f"broker benchmark ({result['config']['mode']}, redis {result['config']['redis_version']})")
     table.add_column("measure")
     table.add_column("1 KB", justify="right")
@@ -310,6 +333,13 @@ def print_table(result: dict[str, Any]) -> None:
         mark = "" if a is None else (" ✓" if a >= target else " ✗")
         table.add_row(
             f"{key} (target ≥ {target})", f"{a}{mark}" if a is not None else "-", f"{b}" if b is not None else "-"
+        )
+    for key in ROUND_PAIRS:
+        a, b = result["round_ratios"][key], k10["round_ratios"][key]
+        table.add_row(
+            f"{key}, per round (min / med / max)",
+            f"{a['min']} / {a['median']} / {a['max']}",
+            f"{b['min']} / {b['median']} / {b['max']}",
         )
     for key in ("sealed_consume_sync_ack_vs_raw_consume", "cpu_raw_vs_sealed_consume"):
         table.add_row(f"{key} (no target)", f"{result['ratios'][key]}", f"{k10['ratios'][key]}")
